@@ -1,0 +1,30 @@
+# Set-up and checks. `make test` is the one test command (README, CI).
+PYTHON ?= python3
+# torch is pinned to the CPU wheel: a looser requirement pulls a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: install install-dev simulate lint typecheck test test-fast
+
+install:
+	$(PYTHON) -m pip install -q "$(TORCH)" -e .
+
+install-dev:
+	$(PYTHON) -m pip install -q "$(TORCH)" -e ".[dev]"
+
+simulate: install
+	fedpriv simulate
+
+lint:
+	$(PYTHON) -m ruff check fedpriv clients server tests
+	$(PYTHON) -m ruff format --check fedpriv clients server tests
+
+typecheck:
+	$(PYTHON) -m mypy
+
+# Lint, types, then the whole suite (slow tests included: CI runs them too).
+test: install-dev lint typecheck
+	$(PYTHON) -m pytest
+
+# Everything except tests marked slow.
+test-fast: install-dev lint typecheck
+	$(PYTHON) -m pytest -m "not slow"

@@ -1,0 +1,243 @@
+"""The ClientApp: a key holder that trains on local data and sends only encrypted updates.
+
+Per train message: validate the instruction, decrypt the global model, check the privacy
+budget *before* training, train with DP-SGD, persist the new accountant history (before the
+update leaves, so a lost update is still charged), encrypt the pre-weighted update, reply.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from fedpriv.config import RunConfig, config_from_dict
+from fedpriv.errors import ConfigError, CryptoError, WireError
+from fedpriv.privacy.state import ClientPrivacyState
+from fedpriv.strategy.codec import ClientCodec
+from fedpriv.strategy.messages import (
+    EvalReply,
+    Instruction,
+    TrainReply,
+    build_eval_reply,
+    build_train_reply,
+    parse_instruction,
+)
+
+__all__ = ["ClientSettings", "make_client_app"]
+
+log = logging.getLogger("fedpriv.client")
+_STATE_KEY = "fedpriv-privacy"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Node-local settings: never sent by the server."""
+
+    key_dir: Path
+    state_root: Path | None = None
+    """Folder under which each client persists its privacy state (``<root>/<client-id>/``);
+    None keeps it in Flower's node state only (or the node config's ``state-dir``)."""
+    data: str | None = None
+    """A local dataset spec that replaces the run's (deployment: the device's own data)."""
+
+    @classmethod
+    def from_context(cls, context: Context) -> ClientSettings:
+        nc, rc = context.node_config, context.run_config
+        key_dir = str(nc.get("keys-dir", "") or rc.get("keys-dir", "") or "")
+        if not key_dir:
+            raise ConfigError("client: no key directory; set node config 'keys-dir' or run config 'keys-dir'")
+        base = str(rc.get("run-dir", "") or "")
+        data = str(nc.get("data", "") or "") or None
+        return cls(Path(key_dir), Path(base) / "clients" if base else None, data)
+
+    def state_dir(self, context: Context) -> Path | None:
+        explicit = str(context.node_config.get("state-dir", "") or "")
+        if explicit:
+            return Path(explicit)
+        if self.state_root is not None:
+            return self.state_root / _client_id(context)
+        return None
+
+
+def _client_id(context: Context) -> str:
+    nc = context.node_config
+    if "client-id" in nc:
+        return str(nc["client-id"])
+    if "partition-id" in nc:
+        return f"client-{int(nc['partition-id'])}"
+    return f"node-{context.node_id}"
+
+
+@functools.lru_cache(maxsize=4)
+def _codec(key_dir: str) -> ClientCodec:
+    return ClientCodec.load(Path(key_dir))
+
+
+def _partition(context: Context) -> tuple[int, int]:
+    nc = context.node_config
+    try:
+        return int(nc.get("partition-id", 0)), int(nc.get("num-partitions", 1))
+    except (TypeError, ValueError):
+        raise ConfigError("client: node config partition-id/num-partitions must be integers") from None
+
+
+def _read_instruction(msg: Message, codec: ClientCodec) -> tuple[Instruction, RunConfig]:
+    limit = 4 * int(getattr(codec.params, "max_blob_bytes", 1 << 28)) + (1 << 20)
+    ins = parse_instruction(msg.content, max_blob_bytes=limit)
+    if ins.params_fingerprint != codec.params.fingerprint():
+        raise CryptoError("the server's parameters do not match this client's keys (different key set?)")
+    try:
+        raw = json.loads(ins.config_json)
+    except json.JSONDecodeError:
+        raise WireError("instruction: run config is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise WireError("instruction: run config must be a JSON object")
+    return ins, config_from_dict(raw)
+
+
+def _local_data(cfg: RunConfig, settings: ClientSettings, context: Context) -> tuple[Any, Any]:
+    from fedpriv.data import client_datasets, load_dataset
+
+    d = cfg.data
+    spec = settings.data or d.dataset
+    train, _ = load_dataset(spec, label_column=d.label_column, holdout_fraction=d.holdout_fraction, seed=cfg.seed, max_samples=d.max_samples)
+    if settings.data:
+        pid, n = 0, 1  # the device's own data is its whole partition
+    else:
+        pid, n = _partition(context)
+    return client_datasets(
+        train,
+        pid,
+        n,
+        partitioner=d.partitioner,
+        alpha=d.alpha,
+        classes_per_partition=d.classes_per_partition,
+        test_fraction=d.test_fraction,
+        seed=cfg.seed,
+    )
+
+
+def _model(cfg: RunConfig, codec: ClientCodec, ins: Instruction, shape: tuple[int, ...], num_classes: int) -> Any:
+    from fedpriv.models import build_model, set_flat_params
+
+    model = build_model(cfg.train.model, shape, num_classes, seed=cfg.seed)
+    if ins.global_blob is not None:
+        mean, _, _ = codec.decode(ins.global_blob)
+        set_flat_params(model, mean)
+    return model
+
+
+def _load_state(cfg: RunConfig, settings: ClientSettings, context: Context) -> ClientPrivacyState:
+    p = cfg.privacy
+    sdir = settings.state_dir(context)
+    if sdir is not None:
+        return ClientPrivacyState.load_or_new(sdir / "privacy_state.json", p.accountant, p.delta)
+    if _STATE_KEY in context.state.config_records:
+        text = context.state.config_records[_STATE_KEY].get("json", "")
+        return ClientPrivacyState.from_json(str(text), source="node state")
+    return ClientPrivacyState(p.accountant, p.delta)
+
+
+def _save_state(state: ClientPrivacyState, settings: ClientSettings, context: Context) -> None:
+    context.state.config_records[_STATE_KEY] = ConfigRecord({"json": state.to_json()})
+    sdir = settings.state_dir(context)
+    if sdir is not None:
+        state.save(sdir / "privacy_state.json")
+
+
+def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Message:
+    from fedpriv.models import get_flat_params
+    from fedpriv.privacy import check_budget, noise_multiplier_for, train_local
+
+    codec = _codec(str(settings.key_dir))
+    ins, cfg = _read_instruction(msg, codec)
+    train, _test = _local_data(cfg, settings, context)
+    pid, _ = _partition(context)
+    cid = _client_id(context)
+    state = _load_state(cfg, settings, context)
+    metrics: dict[str, float | int] = {
+        "num-examples": len(train),
+        "steps": 0,
+        "clipped": 0,
+        "weight-used": 0,
+        "refused": 0,
+        "update-bytes": 0,
+        "epsilon": state.epsilon() if cfg.dp_on else 0.0,
+        "noise-multiplier": 0.0,
+        "sample-rate": 0.0,
+        "train-loss": 0.0,
+        "train-seconds": 0.0,
+        "encrypt-seconds": 0.0,
+    }
+    if cfg.dp_on:
+        decision = check_budget(cfg, state, len(train))
+        if not decision.allowed:
+            metrics["refused"] = 1
+            log.warning("client %s: %s", cid, decision.reason)
+            reply = TrainReply(metrics, None, decision.reason, "", json.dumps(state.to_dict()["history"]), cid)
+            return Message(build_train_reply(reply), reply_to=msg)
+        sigma = decision.event.noise_multiplier
+    else:
+        sigma = 0.0
+    model = _model(cfg, codec, ins, train.input_shape, train.num_classes)
+    t0 = time.perf_counter()
+    res = train_local(model, train, train=cfg.train, privacy=cfg.privacy, noise_multiplier=sigma, seed=cfg.seed * 1_000_003 + pid * 1009 + ins.server_round)
+    metrics["train-seconds"] = time.perf_counter() - t0
+    metrics["steps"] = res.steps
+    metrics["train-loss"] = res.train_loss if res.train_loss == res.train_loss else 0.0
+    if res.event is not None:
+        # Persist the charge before anything leaves: a lost update still counts as spent.
+        state = state.with_event(res.event, ins.server_round)
+        _save_state(state, settings, context)
+        metrics["epsilon"] = state.epsilon()
+        metrics["noise-multiplier"] = res.event.noise_multiplier
+        metrics["sample-rate"] = res.event.sample_rate
+    t0 = time.perf_counter()
+    upd = codec.encode(get_flat_params(model), len(train))
+    metrics["encrypt-seconds"] = time.perf_counter() - t0
+    metrics["clipped"] = upd.clipped
+    metrics["weight-used"] = upd.weight_used
+    metrics["update-bytes"] = len(upd.blob)
+    digest = hashlib.sha256(upd.blob).hexdigest()
+    reply = TrainReply(metrics, upd.blob, "", digest, json.dumps(state.to_dict()["history"]), cid)
+    return Message(build_train_reply(reply), reply_to=msg)
+
+
+def handle_evaluate(msg: Message, context: Context, settings: ClientSettings) -> Message:
+    from fedpriv.privacy import evaluate
+
+    codec = _codec(str(settings.key_dir))
+    ins, cfg = _read_instruction(msg, codec)
+    _train, test = _local_data(cfg, settings, context)
+    model = _model(cfg, codec, ins, test.input_shape if len(test) else _train.input_shape, _train.num_classes)
+    loss, acc = evaluate(model, test)
+    if len(test) == 0:
+        loss, acc = 0.0, 0.0
+    return Message(build_eval_reply(EvalReply(len(test), loss, acc)), reply_to=msg)
+
+
+def make_client_app(settings: ClientSettings | None = None) -> ClientApp:
+    """Build the ClientApp. ``settings=None`` reads them from the node/run config (``flwr run``)."""
+    app = ClientApp()
+
+    def _settings(context: Context) -> ClientSettings:
+        return settings if settings is not None else ClientSettings.from_context(context)
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return handle_train(msg, context, _settings(context))
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return handle_evaluate(msg, context, _settings(context))
+
+    return app

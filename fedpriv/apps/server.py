@@ -1,0 +1,92 @@
+"""The ServerApp: samples clients, sums their ciphertexts, records the round. No secret key."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedpriv.config import RunConfig, config_hash, config_to_dict, load_config
+from fedpriv.errors import ConfigError
+from fedpriv.runs import RunDir, RunRecorder
+from fedpriv.strategy.codec import PublicParams, load_params_file
+from fedpriv.strategy.core import EncryptedFedAvg, RoundRecord
+
+__all__ = ["ServerSettings", "make_server_app", "run_server"]
+
+log = logging.getLogger("fedpriv.server")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    config: RunConfig
+    run_dir: Path
+    params_path: Path
+    progress: Callable[[RoundRecord], None] | None = None
+    node_wait_timeout: float = 600.0
+
+    @classmethod
+    def from_context(cls, context: Context) -> ServerSettings:
+        rc = context.run_config
+        cfg_path = str(rc.get("fedpriv-config", "") or "")
+        cfg = load_config(cfg_path or None)
+        keys = str(rc.get("keys-dir", "") or "")
+        if not keys:
+            raise ConfigError("server: run config 'keys-dir' is required (the folder `fedpriv keys init` wrote)")
+        run_dir = str(rc.get("run-dir", "") or "")
+        root = Path(run_dir) if run_dir else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+        return cls(cfg, root, Path(keys) / "server" / "params.json")
+
+
+def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
+    """Drive the whole run; returns the strategy (its history and final global blob)."""
+    cfg = s.config
+    params: PublicParams = load_params_file(s.params_path)
+    if params.scheme != cfg.encryption.scheme:
+        raise ConfigError(f"server: key set is for scheme {params.scheme!r} but the config asks for {cfg.encryption.scheme!r}")
+    rd = RunDir(s.run_dir)
+    rd.root.mkdir(parents=True, exist_ok=True)
+    header = {
+        "name": cfg.name,
+        "config_hash": config_hash(cfg),
+        "encryption": cfg.encryption.scheme,
+        "privacy_mode": cfg.privacy.mode,
+        "delta": cfg.privacy.delta,
+        "accountant": cfg.privacy.accountant,
+        "max_epsilon": cfg.privacy.max_epsilon,
+        "params_fingerprint": params.fingerprint(),
+        "num_values": params.num_values,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    recorder = RunRecorder(rd, header=header, progress=s.progress)
+    strategy = EncryptedFedAvg(
+        params,
+        json.dumps(config_to_dict(cfg), sort_keys=True),
+        num_clients=cfg.federation.num_clients,
+        fraction_train=cfg.federation.fraction_train,
+        min_train_clients=cfg.federation.min_train_clients,
+        round_timeout=cfg.federation.round_timeout_s,
+        seed=cfg.seed,
+        on_round=recorder,
+        node_wait_timeout=s.node_wait_timeout,
+    )
+    strategy.run(grid, cfg.rounds)
+    recorder.flush({"stop_reason": strategy.stop_reason, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    return strategy
+
+
+def make_server_app(settings: ServerSettings | None = None) -> ServerApp:
+    """Build the ServerApp. ``settings=None`` reads them from the run config (``flwr run``)."""
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_server(grid, settings if settings is not None else ServerSettings.from_context(context))
+
+    return app

@@ -1,0 +1,173 @@
+"""``fedpriv`` command line.
+
+Exit codes: 0 success; 1 unexpected error; 2 invalid config or arguments; 3 data error;
+4 key/crypto error; 5 invalid message; 6 privacy budget exhausted; 7 corrupt state;
+8 run failed; 9 verification failed (see :mod:`fedpriv.errors`); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from fedpriv.errors import FedprivError
+
+__all__ = ["main"]
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="experiment TOML (default: built-in default run)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set rounds=3 (repeatable)")
+
+
+def _progress_printer(console: Any, cfg: Any) -> Any:
+    def show(rec: Any) -> None:
+        eps = [c.metrics.get("epsilon", 0.0) for c in rec.clients if c.metrics]
+        up = [c.bytes_up for c in rec.clients if c.bytes_up]
+        acc = f"{rec.federated_accuracy:.3f}" if rec.federated_accuracy is not None else "  -  "
+        refused = sum(c.status == "refused" for c in rec.clients)
+        bad = sum(c.status in ("rejected", "failed") for c in rec.clients)
+        console.print(
+            f"round {rec.server_round}/{cfg.rounds}  accepted {rec.accepted}/{len(rec.sampled)}"
+            + (f"  refused {refused}" if refused else "")
+            + (f"  rejected/failed {bad}" if bad else "")
+            + f"  fed-acc {acc}"
+            + (f"  eps max {max(eps):.2f}" if eps and cfg.dp_on else "")
+            + (f"  up {sum(up) / len(up) / 1024:.1f} KiB/client" if up else "")
+            + f"  {rec.seconds:.1f}s"
+        )
+
+    return show
+
+
+def _summary(console: Any, result: Any, cfg: Any) -> None:
+    from rich.table import Table
+
+    doc = result.metrics
+    t = Table(title=f"fedpriv run '{cfg.name}': accuracy per round (held-out set, decrypted by the key holder)")
+    for col in ("round", "held-out acc", "federated acc", "accepted", "refused", "max eps", "KiB up/client", "KiB down/client", "s"):
+        t.add_column(col, justify="right")
+    for r in doc["rounds"]:
+        cl = list(r["clients"].values())
+        eps = [c["epsilon"] for c in cl if c.get("epsilon") is not None]
+        ups = [c["bytes_up"] for c in cl if c["bytes_up"]]
+        downs = [c["bytes_down"] for c in cl]
+        t.add_row(
+            str(r["round"]),
+            f"{r['heldout_accuracy']:.4f}" if r.get("heldout_accuracy") is not None else "-",
+            f"{r['federated_accuracy']:.4f}" if r.get("federated_accuracy") is not None else "-",
+            f"{r['accepted']}/{r['sampled']}",
+            str(r["refused"]),
+            f"{max(eps):.3f}" if eps and cfg.dp_on else "-",
+            f"{sum(ups) / len(ups) / 1024:.1f}" if ups else "-",
+            f"{sum(downs) / len(downs) / 1024:.1f}" if downs else "-",
+            f"{r['seconds']:.1f}",
+        )
+    console.print(t)
+    if cfg.dp_on:
+        et = Table(title=f"epsilon spent per client (delta={cfg.privacy.delta:g}, accountant={cfg.privacy.accountant}, budget {cfg.privacy.max_epsilon:g})")
+        et.add_column("client")
+        rounds = doc["rounds"]
+        for r in rounds:
+            et.add_column(f"r{r['round']}", justify="right")
+        ids = sorted({cid for r in rounds for cid in r["clients"]}, key=lambda s: (len(s), s))
+        for cid in ids:
+            row = [cid]
+            for r in rounds:
+                c = r["clients"].get(cid)
+                if c is None:
+                    row.append("")
+                else:
+                    e = c.get("epsilon")
+                    mark = "*" if c["status"] == "refused" else ""
+                    row.append(f"{e:.3f}{mark}" if e is not None else c["status"])
+            et.add_row(*row)
+        console.print(et)
+        console.print("  * = refused to train: the round would have exceeded the client's budget")
+    acc = result.final_accuracy
+    console.print(
+        f"[bold]done[/bold] in {result.wall_seconds:.1f}s; final held-out accuracy "
+        f"{acc:.4f}" if acc is not None else "no round completed",
+    )
+    if doc.get("stop_reason"):
+        console.print(f"stopped early: {doc['stop_reason']}")
+    console.print(f"outputs: {result.run_dir}")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fedpriv.config import load_config
+    from fedpriv.simulation import simulate
+
+    console = Console()
+    cfg = load_config(args.config, args.overrides)
+    console.print(
+        f"fedpriv simulate '{cfg.name}': {cfg.federation.num_clients} clients, {cfg.rounds} rounds, "
+        f"data={cfg.data.dataset} ({cfg.data.partitioner}), DP={cfg.privacy.mode}, encryption={cfg.encryption.scheme}"
+    )
+    result = simulate(cfg, args.out, progress=None if args.quiet else _progress_printer(console, cfg))
+    _summary(console, result, cfg)
+    return 0
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from fedpriv.config import load_config
+    from fedpriv.data import load_dataset
+    from fedpriv.keys import deal_keys
+    from fedpriv.models import build_model, num_params
+    from fedpriv.simulation import partition_sizes
+
+    cfg = load_config(args.config, args.overrides)
+    d = cfg.data
+    train, _ = load_dataset(d.dataset, label_column=d.label_column, holdout_fraction=d.holdout_fraction, seed=cfg.seed, max_samples=d.max_samples)
+    model = build_model(cfg.train.model, train.input_shape, train.num_classes, seed=cfg.seed)
+    weight = cfg.encryption.max_examples_per_client or max(partition_sizes(cfg, train))
+    params = deal_keys(cfg, num_values=num_params(model), max_weight=weight, out=args.out)
+    print(f"wrote {args.out}/server (public parameters only) and {args.out}/client (secret: give only to clients)")
+    print(f"scheme={params.scheme} values={params.num_values} fingerprint={params.fingerprint()[:16]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedpriv", description="Private federated learning: Flower + Opacus DP-SGD + homomorphic encryption.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Flower/Ray logs")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("simulate", help="run a federated simulation (default: 10 clients on digits, DP + BFV on)")
+    _add_config_args(s)
+    s.add_argument("--out", type=Path, default=None, help="run folder (default runs/<timestamp>-<name>)")
+    s.add_argument("--quiet", action="store_true", help="no per-round progress")
+    s.set_defaults(func=cmd_simulate)
+    k = sub.add_parser("keys", help="key dealer")
+    ks = k.add_subparsers(dest="keys_command", required=True)
+    ki = ks.add_parser("init", help="create HE keys: public parameters for the server, the secret for clients")
+    _add_config_args(ki)
+    ki.add_argument("--out", type=Path, required=True)
+    ki.set_defaults(func=cmd_keys_init)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        for name in ("flwr", "ray"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        return int(args.func(args))
+    except FedprivError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

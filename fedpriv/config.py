@@ -1,0 +1,363 @@
+"""Run configuration: frozen dataclasses, TOML loading, ``--set`` overrides, whole-config validation.
+
+A config is built in three steps, and every step collects *all* problems before raising one
+:class:`~fedpriv.errors.ConfigError`:
+
+1. parse TOML (file or string) into a dict and apply ``section.key=value`` overrides;
+2. check every key exists and every value has the declared type;
+3. check the values make sense together (ranges, cross-field rules).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from fedpriv.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "EncryptionConfig",
+    "FederationConfig",
+    "PrivacyConfig",
+    "RunConfig",
+    "SimulationConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_hash",
+    "config_to_dict",
+    "load_config",
+]
+
+Partitioner = Literal["iid", "dirichlet", "pathological", "shard"]
+PrivacyMode = Literal["off", "record"]
+Scheme = Literal["off", "bfv", "ckks"]
+Accountant = Literal["prv", "rdp"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where data comes from and how it is split over clients."""
+
+    dataset: str = "digits"
+    """``digits`` (scikit-learn), ``mnist:PATH`` (IDX or CSV folder), ``csv:PATH``, ``hf:NAME``."""
+    label_column: str = "label"
+    holdout_fraction: float = 0.2
+    """Share of the data kept aside as a global held-out test set (when the dataset has no test split)."""
+    test_fraction: float = 0.2
+    """Share of each client's partition used as its local test split."""
+    partitioner: Partitioner = "dirichlet"
+    alpha: float = 0.5
+    classes_per_partition: int = 2
+    max_samples: int = 0
+    """Use at most this many training samples (0 = all)."""
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    num_clients: int = 10
+    fraction_train: float = 1.0
+    min_train_clients: int = 0
+    """Minimum replies for a round to count (0 = the number sampled)."""
+    round_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "cnn"
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.1
+    momentum: float = 0.0
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    mode: PrivacyMode = "record"
+    noise_multiplier: float = 0.0
+    """Gaussian noise multiplier; 0 with ``target_epsilon`` > 0 plans it over the whole horizon."""
+    target_epsilon: float = 8.0
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: Accountant = "prv"
+    max_epsilon: float = 10.0
+    """A client refuses a round that would take its cumulative epsilon past this."""
+    grad_sample_mode: str = "auto"
+    noise_seed: int = -1
+    """-1: DP noise seeded from OS entropy (the only private choice). >= 0 makes noise reproducible
+    for tests: anyone who knows the seed can subtract it, so never use it for real data."""
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    scheme: Scheme = "bfv"
+    value_range: float = 4.0
+    """Model weights are clipped to [-value_range, value_range] before encoding (clips are counted)."""
+    max_examples_per_client: int = 0
+    """Public bound on a client's aggregation weight (0 = derive from the data in simulation)."""
+    poly_modulus_degree: int = 0
+    """0 = choose automatically (BFV 4096, CKKS 8192)."""
+    coeff_modulus_bits: tuple[int, ...] = ()
+    """() = choose automatically from model size and number of clients."""
+    ckks_scale_bits: int = 40
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    backend: str = "ray"
+    num_cpus_per_client: int = 1
+    ray_address: str = ""
+    """Connect to an existing Ray cluster (e.g. ``auto``) instead of starting a local one."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole experiment. Immutable; derive variants with :func:`apply_overrides`."""
+
+    name: str = "default"
+    seed: int = 0
+    rounds: int = 5
+    data: DataConfig = field(default_factory=DataConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+    @property
+    def dp_on(self) -> bool:
+        return self.privacy.mode != "off"
+
+    @property
+    def he_on(self) -> bool:
+        return self.encryption.scheme != "off"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check (and lightly coerce) ``value`` against a field type. Returns (ok, value)."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return (value in get_args(tp), value)
+    if tp is bool:
+        return (isinstance(value, bool), value)
+    if tp is int:
+        return (isinstance(value, int) and not isinstance(value, bool), value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (True, float(value))
+        return (False, value)
+    if tp is str:
+        return (isinstance(value, str), value)
+    if origin is tuple:
+        (inner, _) = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            return (False, value)
+        out = []
+        for v in value:
+            ok, cv = _type_ok(v, inner)
+            if not ok:
+                return (False, value)
+            out.append(cv)
+        return (True, tuple(out))
+    if origin in (typing.Union, types.UnionType):
+        for arg in get_args(tp):
+            ok, cv = _type_ok(value, arg)
+            if ok:
+                return (True, cv)
+        return (False, value)
+    return (False, value)
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) is tuple:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls: type, raw: Any, path: str, errors: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        errors.append(f"{path or 'config'}: expected a table, got {type(raw).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            where = f"{path}.{key}" if path else key
+            errors.append(f"{where}: unknown key (allowed: {', '.join(sorted(names))})")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        tp = hints[f.name]
+        where = f"{path}.{f.name}" if path else f.name
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(typing.cast(type, tp), raw[f.name], where, errors)
+            continue
+        ok, value = _type_ok(raw[f.name], tp)
+        if ok:
+            kwargs[f.name] = value
+        else:
+            errors.append(f"{where}: expected {_type_name(tp)}, got {raw[f.name]!r}")
+    return cls(**kwargs)
+
+
+def _check(cfg: RunConfig) -> list[str]:
+    """Cross-field and range rules. Returns every violation."""
+    e: list[str] = []
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            e.append(msg)
+
+    need(cfg.rounds >= 1, f"rounds: must be >= 1, got {cfg.rounds}")
+    need(bool(cfg.name.strip()), "name: must not be empty")
+    d = cfg.data
+    kind = d.dataset.split(":", 1)[0]
+    need(
+        kind in {"digits", "mnist", "csv", "hf"},
+        f"data.dataset: unknown dataset {d.dataset!r} (use digits, mnist:PATH, csv:PATH or hf:NAME)",
+    )
+    if kind in {"mnist", "csv", "hf"}:
+        need(":" in d.dataset and bool(d.dataset.split(":", 1)[1]), f"data.dataset: {kind} needs a path or name after ':'")
+    need(0.0 <= d.holdout_fraction < 1.0, f"data.holdout_fraction: must be in [0, 1), got {d.holdout_fraction}")
+    need(0.0 <= d.test_fraction < 1.0, f"data.test_fraction: must be in [0, 1), got {d.test_fraction}")
+    need(d.alpha > 0, f"data.alpha: must be > 0, got {d.alpha}")
+    need(d.classes_per_partition >= 1, "data.classes_per_partition: must be >= 1")
+    need(d.max_samples >= 0, "data.max_samples: must be >= 0")
+    f = cfg.federation
+    need(f.num_clients >= 1, f"federation.num_clients: must be >= 1, got {f.num_clients}")
+    need(0.0 < f.fraction_train <= 1.0, f"federation.fraction_train: must be in (0, 1], got {f.fraction_train}")
+    need(f.min_train_clients >= 0, "federation.min_train_clients: must be >= 0")
+    need(f.min_train_clients <= f.num_clients, "federation.min_train_clients: cannot exceed num_clients")
+    need(f.round_timeout_s > 0, "federation.round_timeout_s: must be > 0")
+    t = cfg.train
+    need(t.local_epochs >= 1, f"train.local_epochs: must be >= 1, got {t.local_epochs}")
+    need(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
+    need(t.learning_rate > 0, f"train.learning_rate: must be > 0, got {t.learning_rate}")
+    need(0.0 <= t.momentum < 1.0, f"train.momentum: must be in [0, 1), got {t.momentum}")
+    from fedpriv.models import available_models
+
+    need(t.model in available_models(), f"train.model: unknown model {t.model!r} (available: {', '.join(available_models())})")
+    p = cfg.privacy
+    if p.mode != "off":
+        need(p.noise_multiplier >= 0, "privacy.noise_multiplier: must be >= 0")
+        need(
+            p.noise_multiplier > 0 or p.target_epsilon > 0,
+            "privacy: set noise_multiplier > 0 or target_epsilon > 0 (DP without noise is no DP)",
+        )
+        need(p.max_grad_norm > 0, f"privacy.max_grad_norm: must be > 0, got {p.max_grad_norm}")
+        need(0 < p.delta < 1, f"privacy.delta: must be in (0, 1), got {p.delta}")
+        need(p.max_epsilon > 0, f"privacy.max_epsilon: must be > 0, got {p.max_epsilon}")
+        if p.noise_multiplier == 0 and p.target_epsilon > 0:
+            need(
+                p.target_epsilon <= p.max_epsilon,
+                f"privacy.target_epsilon ({p.target_epsilon}) exceeds privacy.max_epsilon ({p.max_epsilon}):"
+                " clients would refuse the last rounds",
+            )
+        need(
+            p.grad_sample_mode in {"auto", "hooks", "functorch", "ew", "ghost"},
+            f"privacy.grad_sample_mode: unknown mode {p.grad_sample_mode!r}",
+        )
+    x = cfg.encryption
+    if x.scheme != "off":
+        need(x.value_range > 0, f"encryption.value_range: must be > 0, got {x.value_range}")
+        need(x.max_examples_per_client >= 0, "encryption.max_examples_per_client: must be >= 0")
+        need(
+            x.poly_modulus_degree in {0, 2048, 4096, 8192, 16384, 32768},
+            f"encryption.poly_modulus_degree: must be 0 (auto) or a power of two in 2048..32768, got {x.poly_modulus_degree}",
+        )
+        need(all(20 <= b <= 60 for b in x.coeff_modulus_bits), "encryption.coeff_modulus_bits: each prime must have 20..60 bits")
+        need(20 <= x.ckks_scale_bits <= 60, "encryption.ckks_scale_bits: must be in 20..60")
+    s = cfg.simulation
+    need(s.backend == "ray", f"simulation.backend: only 'ray' (Flower's simulation engine) is supported, got {s.backend!r}")
+    need(s.num_cpus_per_client >= 1, "simulation.num_cpus_per_client: must be an integer >= 1")
+    return e
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Build and validate a :class:`RunConfig`; raise one ConfigError listing every problem."""
+    errors: list[str] = []
+    cfg = _build(RunConfig, raw, "", errors)
+    if errors:
+        # Cross-field checks on a half-built config would only add noise.
+        raise ConfigError(errors)
+    problems = _check(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return typing.cast(RunConfig, cfg)
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override value as a TOML literal; bare words stay strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a raw config dict (returns a new dict)."""
+    out = json.loads(json.dumps(raw))
+    errors: list[str] = []
+    for item in overrides:
+        if "=" not in item:
+            errors.append(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=0.05")
+            continue
+        key, text = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            errors.append(f"--set {item!r}: empty key")
+            continue
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                errors.append(f"--set {item!r}: {p} is not a table")
+                break
+        else:
+            node[parts[-1]] = _parse_value(text.strip())
+    if errors:
+        raise ConfigError(errors)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a TOML experiment (or the built-in default when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: cannot read ({exc})") from None
+        if "name" not in raw:
+            raw["name"] = p.stem
+    return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain-dict form (TOML/JSON friendly; tuples become lists)."""
+    return typing.cast(dict[str, Any], json.loads(json.dumps(dataclasses.asdict(cfg))))
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """SHA-256 over the canonical JSON of the resolved config."""
+    blob = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()

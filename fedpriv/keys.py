@@ -1,0 +1,51 @@
+"""The key dealer for simulations and single-owner setups.
+
+Run by the data owners, never by the server operator: it creates the HE secret (kept in the
+client key folder only) and the public parameters the server aggregates with.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fedpriv.config import RunConfig
+from fedpriv.privacy.state import atomic_write_text
+from fedpriv.strategy.codec import PublicParams
+from fedpriv.strategy.plain import PlainParams
+
+__all__ = ["deal_keys", "max_clients_per_round"]
+
+
+def max_clients_per_round(cfg: RunConfig) -> int:
+    return max(1, round(cfg.federation.fraction_train * cfg.federation.num_clients))
+
+
+def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) -> PublicParams:
+    """Write ``out/server/params.json`` (public) and ``out/client/{params.json,secret.key}``."""
+    params: PublicParams
+    holder = None
+    if cfg.encryption.scheme == "off":
+        params = PlainParams(num_values, max_clients_per_round(cfg))
+    else:
+        from fedpriv.crypto import KeyHolder, choose_params
+
+        e = cfg.encryption
+        params = choose_params(
+            e.scheme,
+            num_values=num_values,
+            max_clients=max_clients_per_round(cfg),
+            max_weight=max_weight,
+            value_range=e.value_range,
+            poly_modulus_degree=e.poly_modulus_degree,
+            coeff_modulus_bits=e.coeff_modulus_bits,
+            scale_bits=e.ckks_scale_bits,
+        )
+        holder = KeyHolder.generate(params)
+    text = json.dumps(params.to_dict(), sort_keys=True, indent=2)
+    atomic_write_text(out / "server" / "params.json", text, mode=0o644)
+    atomic_write_text(out / "client" / "params.json", text, mode=0o644)
+    if holder is not None:
+        (out / "client").chmod(0o700)
+        holder.save(out / "client" / "secret.key")
+    return params

@@ -1,0 +1,26 @@
+"""Model zoo for fedpriv (Opacus-compatible) and helpers to move weights around."""
+
+from fedpriv.models.params import (
+    get_flat_params,
+    load_weights,
+    model_fingerprint,
+    model_name,
+    num_params,
+    save_weights,
+    set_flat_params,
+)
+from fedpriv.models.registry import DEFAULT_MODEL, FedprivNet, available_models, build_model
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "FedprivNet",
+    "available_models",
+    "build_model",
+    "get_flat_params",
+    "load_weights",
+    "model_fingerprint",
+    "model_name",
+    "num_params",
+    "save_weights",
+    "set_flat_params",
+]

@@ -1,0 +1,43 @@
+"""Record-level differential privacy: Opacus training, cumulative accounting, budget state."""
+
+from fedpriv.privacy.accounting import (
+    ACCOUNTANTS,
+    DpEvent,
+    compress_history,
+    opacus_epsilon,
+    plan_noise_multiplier,
+    pld_epsilon,
+)
+from fedpriv.privacy.ledger import GENESIS, HashChainWriter, read_chain, verify_chain
+from fedpriv.privacy.budget import BudgetDecision, check_budget, noise_multiplier_for
+from fedpriv.privacy.state import ClientPrivacyState, atomic_write_text
+from fedpriv.privacy.training import (
+    LocalTrainResult,
+    evaluate,
+    sample_rate,
+    steps_per_round,
+    train_local,
+)
+
+__all__ = [
+    "ACCOUNTANTS",
+    "GENESIS",
+    "HashChainWriter",
+    "read_chain",
+    "verify_chain",
+    "BudgetDecision",
+    "ClientPrivacyState",
+    "DpEvent",
+    "LocalTrainResult",
+    "atomic_write_text",
+    "check_budget",
+    "compress_history",
+    "evaluate",
+    "noise_multiplier_for",
+    "opacus_epsilon",
+    "plan_noise_multiplier",
+    "pld_epsilon",
+    "sample_rate",
+    "steps_per_round",
+    "train_local",
+]

@@ -1,0 +1,143 @@
+"""Privacy accounting over a stored (noise multiplier, sample rate, steps) history.
+
+The history is the single source of truth for a client's spent budget: Opacus' accountants
+(PRV by default, RDP available) compute the reported epsilon from it, and dp-accounting's PLD
+accountant recomputes it independently for verification. GDP is deliberately not offered: it
+under-reports epsilon.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fedpriv.errors import StateError
+
+__all__ = [
+    "ACCOUNTANTS",
+    "DpEvent",
+    "compress_history",
+    "opacus_epsilon",
+    "plan_noise_multiplier",
+    "pld_epsilon",
+]
+
+ACCOUNTANTS = ("prv", "rdp")
+
+
+@dataclass(frozen=True)
+class DpEvent:
+    """``steps`` Poisson-subsampled Gaussian steps with one (sigma, q): one ledger history entry."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
+            raise StateError(f"DP event: noise_multiplier must be > 0, got {self.noise_multiplier!r}")
+        if not (0 < self.sample_rate <= 1):
+            raise StateError(f"DP event: sample_rate must be in (0, 1], got {self.sample_rate!r}")
+        if not (isinstance(self.steps, int) and self.steps >= 0):
+            raise StateError(f"DP event: steps must be an integer >= 0, got {self.steps!r}")
+
+    def as_list(self) -> list[float | int]:
+        return [self.noise_multiplier, self.sample_rate, self.steps]
+
+    @classmethod
+    def from_any(cls, item: Any) -> DpEvent:
+        """Parse ``[sigma, q, steps]`` or ``{"noise_multiplier":..., ...}`` from stored state."""
+        if isinstance(item, DpEvent):
+            return item
+        if isinstance(item, dict):
+            item = [item.get("noise_multiplier"), item.get("sample_rate"), item.get("steps")]
+        if not isinstance(item, (list, tuple)) or len(item) != 3:
+            raise StateError(f"DP history entry must be [sigma, q, steps], got {item!r}")
+        sigma, q, steps = item
+        if isinstance(steps, float) and steps.is_integer():
+            steps = int(steps)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (sigma, q)):
+            raise StateError(f"DP history entry must hold numbers, got {item!r}")
+        return cls(float(sigma), float(q), steps)
+
+
+def compress_history(history: Iterable[DpEvent]) -> list[DpEvent]:
+    """Merge consecutive entries with equal (sigma, q), as Opacus does; drop zero-step entries."""
+    out: list[DpEvent] = []
+    for ev in history:
+        if ev.steps == 0:
+            continue
+        if out and out[-1].noise_multiplier == ev.noise_multiplier and out[-1].sample_rate == ev.sample_rate:
+            out[-1] = DpEvent(ev.noise_multiplier, ev.sample_rate, out[-1].steps + ev.steps)
+        else:
+            out.append(ev)
+    return out
+
+
+def _opacus_accountant(name: str, history: Sequence[DpEvent]) -> Any:
+    from opacus.accountants import create_accountant
+
+    if name not in ACCOUNTANTS:
+        raise StateError(f"unknown accountant {name!r} (use one of {', '.join(ACCOUNTANTS)})")
+    acc = create_accountant(mechanism=name)
+    acc.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in compress_history(history)]
+    return acc
+
+
+def opacus_epsilon(history: Sequence[DpEvent], delta: float, accountant: str = "prv") -> float:
+    """Cumulative epsilon of ``history`` at ``delta`` with an Opacus accountant (0 if empty)."""
+    hist = compress_history(history)
+    if not hist:
+        return 0.0
+    acc = _opacus_accountant(accountant, hist)
+    with warnings.catch_warnings():
+        # PRV warns (and may return inf) far beyond any sane budget; inf is the honest answer.
+        warnings.simplefilter("ignore")
+        eps = float(acc.get_epsilon(delta=delta))
+    return eps if math.isfinite(eps) else math.inf
+
+
+def pld_epsilon(history: Sequence[DpEvent], delta: float) -> float:
+    """Independent recomputation with Google's dp-accounting PLD accountant."""
+    from dp_accounting import dp_event
+    from dp_accounting.pld import pld_privacy_accountant
+
+    hist = compress_history(history)
+    if not hist:
+        return 0.0
+    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    for ev in hist:
+        acc.compose(
+            dp_event.SelfComposedDpEvent(
+                dp_event.PoissonSampledDpEvent(ev.sample_rate, dp_event.GaussianDpEvent(ev.noise_multiplier)),
+                ev.steps,
+            )
+        )
+    return float(acc.get_epsilon(delta))
+
+
+def plan_noise_multiplier(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv"
+) -> float:
+    """Smallest sigma such that ``steps`` steps at ``sample_rate`` stay within ``target_epsilon``.
+
+    Plan over the whole horizon (rounds x local steps): Opacus' ``make_private_with_epsilon``
+    would plan one round at a time and ignore what was already spent.
+    """
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+                epsilon_tolerance=0.005,
+            )
+        )

@@ -1,0 +1,86 @@
+"""Append-only, hash-chained JSONL ledger (privacy ledger, egress record).
+
+Each line carries ``prev`` (the previous line's hash) and ``hash`` = SHA-256 over the canonical
+JSON of the line without its ``hash`` field, so editing, inserting, deleting or reordering any
+line breaks the chain and :func:`verify_chain` names the first line that broke.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fedpriv.errors import VerificationError
+
+__all__ = ["GENESIS", "HashChainWriter", "read_chain", "verify_chain"]
+
+GENESIS = "0" * 64
+
+
+def _digest(entry: dict[str, Any]) -> str:
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class HashChainWriter:
+    """Appends entries to a JSONL file, continuing an existing chain after a restart."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._prev = GENESIS
+        self._seq = 0
+        if path.exists():
+            entries = read_chain(path)
+            verify_chain(entries, source=str(path))
+            if entries:
+                self._prev = entries[-1]["hash"]
+                self._seq = entries[-1]["seq"] + 1
+
+    @property
+    def head(self) -> str:
+        return self._prev
+
+    def append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        line = {**entry, "seq": self._seq, "prev": self._prev}
+        line["hash"] = _digest(line)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._prev = line["hash"]
+        self._seq += 1
+        return line
+
+
+def read_chain(path: Path) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as fh:
+        for i, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise VerificationError(f"{path}: line {i} is not valid JSON ({exc})") from None
+            if not isinstance(obj, dict):
+                raise VerificationError(f"{path}: line {i} is not a JSON object")
+            out.append(obj)
+    return out
+
+
+def verify_chain(entries: list[dict[str, Any]], *, source: str = "ledger") -> str:
+    """Check sequence numbers and hash links; return the head hash. Raises VerificationError."""
+    prev = GENESIS
+    for i, e in enumerate(entries):
+        if e.get("seq") != i:
+            raise VerificationError(f"{source}: line {i + 1} has seq {e.get('seq')!r}, expected {i} (line removed or reordered)")
+        if e.get("prev") != prev:
+            raise VerificationError(f"{source}: line {i + 1} does not link to the previous line (chain broken)")
+        if e.get("hash") != _digest(e):
+            raise VerificationError(f"{source}: line {i + 1} was altered (hash mismatch)")
+        prev = e["hash"]
+    return prev

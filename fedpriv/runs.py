@@ -1,0 +1,194 @@
+"""The run folder: its layout, and the recorder the server strategy writes through.
+
+::
+
+    RUN_DIR/
+      config.toml, config.json   resolved config (and its hash in metrics.json)
+      metrics.json               per round: accuracy, loss, per-client epsilon, bytes up/down
+      privacy_ledger.jsonl       one hash-chained line per client per round it was asked to train
+      egress.jsonl               every message a client sent: kind, bytes, sha256, encrypted, DP
+      globals/round_NNN.bin      the encrypted global model after each round (server-side view)
+      model.safetensors          final global model as the clients decrypt it (no pickle)
+      keys/                      simulation only: the key dealer's output (see fedpriv.keys)
+      clients/<id>/              simulation only: each client's persistent privacy state
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedpriv.privacy.ledger import HashChainWriter
+from fedpriv.privacy.state import atomic_write_text
+from fedpriv.strategy.core import RoundRecord
+
+__all__ = ["RunDir", "RunRecorder"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "privacy_ledger.jsonl"
+
+    @property
+    def egress(self) -> Path:
+        return self.root / "egress.jsonl"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.safetensors"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def server_params(self) -> Path:
+        return self.root / "keys" / "server" / "params.json"
+
+    @property
+    def client_keys(self) -> Path:
+        return self.root / "keys" / "client"
+
+    def global_blob(self, server_round: int) -> Path:
+        return self.root / "globals" / f"round_{server_round:03d}.bin"
+
+    def client_state(self, client_id: str) -> Path:
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in client_id)
+        return self.root / "clients" / safe / "privacy_state.json"
+
+    def read_metrics(self) -> dict[str, Any]:
+        return dict(json.loads(self.metrics.read_text(encoding="utf-8")))
+
+
+class RunRecorder:
+    """Writes what the server observes each round: metrics, ledger, egress, encrypted globals."""
+
+    def __init__(
+        self,
+        run_dir: RunDir,
+        *,
+        header: dict[str, Any],
+        progress: Callable[[RoundRecord], None] | None = None,
+    ) -> None:
+        self.run_dir = run_dir
+        self.header = header
+        self.progress = progress
+        self.rounds: list[dict[str, Any]] = []
+        self._ledger = HashChainWriter(run_dir.ledger)
+        self._egress = HashChainWriter(run_dir.egress)
+        (run_dir.root / "globals").mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, rec: RoundRecord, global_blob: bytes | None) -> None:
+        enc = self.header.get("encryption", "off") != "off"
+        dp = self.header.get("privacy_mode", "off") != "off"
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        clients: dict[str, Any] = {}
+        for c in rec.clients:
+            m = c.metrics
+            entry = {
+                "node_id": c.node_id,
+                "status": c.status,
+                "reason": c.reason,
+                "epsilon": m.get("epsilon"),
+                "num_examples": m.get("num-examples"),
+                "steps": m.get("steps"),
+                "clipped_values": m.get("clipped"),
+                "bytes_up": c.bytes_up,
+                "bytes_down": c.bytes_down,
+                "train_loss": m.get("train-loss"),
+                "train_seconds": m.get("train-seconds"),
+                "encrypt_seconds": m.get("encrypt-seconds"),
+            }
+            clients[c.client_id] = entry
+            if c.status in ("accepted", "refused") or (c.status == "rejected" and m):
+                self._ledger.append(
+                    {
+                        "time": now,
+                        "round": rec.server_round,
+                        "client_id": c.client_id,
+                        "node_id": c.node_id,
+                        "status": c.status,
+                        "trained": int(m.get("steps", 0) or 0) > 0,
+                        "noise_multiplier": m.get("noise-multiplier"),
+                        "sample_rate": m.get("sample-rate"),
+                        "steps": m.get("steps"),
+                        "delta": self.header.get("delta"),
+                        "accountant": self.header.get("accountant"),
+                        "epsilon": m.get("epsilon"),
+                        "history": json.loads(c.history_json) if c.history_json else None,
+                        "reason": c.reason,
+                    }
+                )
+            if c.bytes_up:
+                self._egress.append(
+                    {
+                        "round": rec.server_round,
+                        "client_id": c.client_id,
+                        "kind": "model-update",
+                        "bytes": c.bytes_up,
+                        "sha256": c.update_sha256,
+                        "encrypted": enc,
+                        "dp_protected": dp,
+                        "accepted": c.status == "accepted",
+                    }
+                )
+            if m:
+                blob = json.dumps(m, sort_keys=True).encode()
+                import hashlib
+
+                self._egress.append(
+                    {
+                        "round": rec.server_round,
+                        "client_id": c.client_id,
+                        "kind": "train-metrics",
+                        "bytes": len(blob),
+                        "sha256": hashlib.sha256(blob).hexdigest(),
+                        "encrypted": False,
+                        "dp_protected": False,
+                        "accepted": True,
+                    }
+                )
+        if global_blob is not None:
+            path = self.run_dir.global_blob(rec.server_round)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(global_blob)
+            tmp.replace(path)
+        self.rounds.append(
+            {
+                "round": rec.server_round,
+                "sampled": len(rec.sampled),
+                "accepted": rec.accepted,
+                "refused": sum(c.status == "refused" for c in rec.clients),
+                "rejected": sum(c.status == "rejected" for c in rec.clients),
+                "failed": sum(c.status == "failed" for c in rec.clients),
+                "federated_accuracy": rec.federated_accuracy,
+                "federated_loss": rec.federated_loss,
+                "heldout_accuracy": None,
+                "heldout_loss": None,
+                "seconds": rec.seconds,
+                "aggregate_seconds": rec.aggregate_seconds,
+                "global_bytes": rec.global_bytes,
+                "bytes_up_total": sum(c.bytes_up for c in rec.clients),
+                "bytes_down_total": sum(c.bytes_down for c in rec.clients),
+                "clients": clients,
+            }
+        )
+        self.flush()
+        if self.progress:
+            self.progress(rec)
+
+    def flush(self, extra: dict[str, Any] | None = None) -> None:
+        doc = {**self.header, **(extra or {}), "rounds": self.rounds}
+        atomic_write_text(self.run_dir.metrics, json.dumps(doc, indent=2, sort_keys=True), mode=0o644)

@@ -1,0 +1,135 @@
+"""One facade over the aggregation codecs (BFV, CKKS, plaintext) for both sides.
+
+The server side (:func:`open_aggregator`) is built from public parameters alone; the client
+side (:class:`ClientCodec`) loads the key holder's secret from its key directory.
+
+Key directory layout (written by :func:`fedpriv.keys.deal_keys`)::
+
+    keys/server/params.json   public parameters: all the server ever gets
+    keys/client/params.json   the same public parameters
+    keys/client/secret.key    HE secret (absent when encryption is off), owner-only
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedpriv.errors import CryptoError, WireError
+from fedpriv.strategy.plain import PlainAggregator, PlainCodec, PlainParams
+
+__all__ = [
+    "AggregatorLike",
+    "ClientCodec",
+    "EncodedUpdate",
+    "PublicParams",
+    "load_params_file",
+    "open_aggregator",
+    "params_from_dict",
+]
+
+
+class PublicParams(Protocol):
+    num_values: int
+    max_clients: int
+    scheme: str
+
+    def fingerprint(self) -> str: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class AggregatorLike(Protocol):
+    count: int
+
+    def add(self, blob: bytes) -> None: ...
+    def result(self) -> bytes: ...
+    def reset(self) -> None: ...
+
+
+def params_from_dict(d: Any) -> PublicParams:
+    """Parse public parameters (validated) from their JSON form."""
+    if isinstance(d, dict) and d.get("scheme") == "off":
+        return PlainParams.from_dict(d)
+    from fedpriv.crypto import HEParams
+
+    return HEParams.from_dict(d)
+
+
+def load_params_file(path: Path) -> PublicParams:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CryptoError(f"{path}: public parameter file not found (run `fedpriv keys init`?)") from None
+    except (OSError, ValueError) as exc:
+        raise CryptoError(f"{path}: cannot read public parameters ({exc})") from None
+    try:
+        return params_from_dict(d)
+    except WireError as exc:
+        raise CryptoError(f"{path}: {exc}") from None
+
+
+def open_aggregator(params: PublicParams) -> AggregatorLike:
+    if isinstance(params, PlainParams):
+        return PlainAggregator(params)
+    from fedpriv.crypto import Aggregator, HEParams
+
+    assert isinstance(params, HEParams)
+    return Aggregator(params)
+
+
+@dataclass(frozen=True)
+class EncodedUpdate:
+    blob: bytes
+    clipped: int
+    weight_used: int
+    weight_capped: bool
+    encrypted: bool
+
+
+class ClientCodec:
+    """What a key-holding client uses to encode its update and read the global model."""
+
+    def __init__(self, params: PublicParams, holder: Any | None) -> None:
+        self.params = params
+        self._holder = holder
+        self._plain = PlainCodec(params) if isinstance(params, PlainParams) else None
+
+    @property
+    def encrypted(self) -> bool:
+        return self._plain is None
+
+    @classmethod
+    def load(cls, key_dir: Path) -> ClientCodec:
+        params = load_params_file(key_dir / "params.json")
+        if isinstance(params, PlainParams):
+            return cls(params, None)
+        from fedpriv.crypto import KeyHolder
+
+        secret = key_dir / "secret.key"
+        if not secret.exists():
+            raise CryptoError(f"{secret}: HE secret key not found; this client cannot decrypt the global model")
+        holder = KeyHolder.load(secret)
+        if holder.params.fingerprint() != params.fingerprint():
+            raise CryptoError(f"{key_dir}: secret key and public parameters do not belong together")
+        return cls(params, holder)
+
+    def encode(self, values: np.ndarray, weight: int) -> EncodedUpdate:
+        if self._plain is not None:
+            return EncodedUpdate(self._plain.encode(values, weight), 0, weight, False, False)
+        upd = self._holder.encrypt(values.astype(np.float32), weight)
+        return EncodedUpdate(upd.blob, upd.clipped, upd.weight_used, upd.weight_capped, True)
+
+    def decode(self, blob: bytes) -> tuple[np.ndarray, float, int]:
+        """Return (weighted mean as float32, total weight, number of summands)."""
+        if self._plain is not None:
+            s, w, n = self._plain.decode(blob)
+        else:
+            agg = self._holder.decrypt(blob)
+            s, w, n = agg.weighted_sum, float(agg.total_weight), int(agg.count)
+        if w <= 0:
+            raise WireError("aggregate has zero total weight")
+        return (s / w).astype(np.float32), w, n

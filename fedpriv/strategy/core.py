@@ -1,0 +1,276 @@
+"""The server strategy: FedAvg over ciphertexts, without ever holding a secret key.
+
+Each round the strategy samples clients, sends them the current *encrypted* global model
+(nothing in round 1: clients build the same initial model from the run's seed), validates every
+reply before it touches the running sum, and adds accepted updates one at a time (streaming:
+memory does not grow with the number of clients). Clients pre-weight their updates by their
+example counts and encrypt the counts too, so the server learns neither individual updates nor
+individual counts; the clients divide after decrypting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedpriv.errors import RunFailedError, WireError
+from fedpriv.strategy.codec import AggregatorLike, PublicParams, open_aggregator
+from fedpriv.strategy.messages import (
+    Instruction,
+    build_instruction,
+    parse_eval_reply,
+    parse_train_reply,
+)
+
+__all__ = ["ClientRoundRecord", "EncryptedFedAvg", "RoundRecord"]
+
+log = logging.getLogger("fedpriv.server")
+
+
+@dataclass
+class ClientRoundRecord:
+    node_id: int
+    client_id: str
+    status: str
+    """accepted | refused | rejected | failed"""
+    reason: str = ""
+    metrics: dict[str, float | int] = field(default_factory=dict)
+    history_json: str = ""
+    bytes_up: int = 0
+    bytes_down: int = 0
+    update_sha256: str = ""
+
+
+@dataclass
+class RoundRecord:
+    server_round: int
+    sampled: list[int]
+    clients: list[ClientRoundRecord] = field(default_factory=list)
+    accepted: int = 0
+    federated_loss: float | None = None
+    federated_accuracy: float | None = None
+    eval_examples: int = 0
+    seconds: float = 0.0
+    aggregate_seconds: float = 0.0
+    global_bytes: int = 0
+
+
+class EncryptedFedAvg(Strategy):
+    """Weighted FedAvg whose aggregation happens on ciphertexts (or plaintext when HE is off).
+
+    Parameters
+    ----------
+    params:
+        Public aggregation parameters (never a secret key).
+    config_json:
+        The run's resolved config, forwarded to clients (public).
+    num_clients, fraction_train, min_train_clients:
+        Federation size, share sampled per round, replies needed for a round to count.
+    on_round:
+        Called with each finished :class:`RoundRecord` and the new global blob (the run
+        recorder writes files and checkpoints from it).
+    """
+
+    def __init__(
+        self,
+        params: PublicParams,
+        config_json: str,
+        *,
+        num_clients: int,
+        fraction_train: float = 1.0,
+        min_train_clients: int = 0,
+        round_timeout: float = 600.0,
+        seed: int = 0,
+        on_round: Callable[[RoundRecord, bytes | None], None] | None = None,
+        node_wait_timeout: float = 600.0,
+    ) -> None:
+        self.params = params
+        self.config_json = config_json
+        self.num_clients = num_clients
+        self.sample_size = max(1, round(fraction_train * num_clients))
+        # Default: half of the sampled clients must deliver, so one crashing or malicious
+        # client cannot stop a round; clients that refused for budget reasons are not counted.
+        self.min_train = min_train_clients or max(1, -(-self.sample_size // 2))
+        self.round_timeout = round_timeout
+        self.node_wait_timeout = node_wait_timeout
+        self.on_round = on_round
+        self._rng = random.Random(seed)
+        self._agg: AggregatorLike = open_aggregator(params)
+        self.global_blob: bytes | None = None
+        self.history: list[RoundRecord] = []
+        self._current: RoundRecord | None = None
+        self.stop_reason = ""
+
+    # -- sampling -------------------------------------------------------------------------
+    def _sample(self, grid: Grid) -> list[int]:
+        deadline = time.monotonic() + self.node_wait_timeout
+        while len(nodes := sorted(grid.get_node_ids())) < self.num_clients:
+            if time.monotonic() > deadline:
+                raise RunFailedError(
+                    f"only {len(nodes)} of {self.num_clients} clients connected within "
+                    f"{self.node_wait_timeout:.0f}s; check that every SuperNode is running"
+                )
+            time.sleep(0.5)
+        return sorted(self._rng.sample(nodes, self.sample_size))
+
+    def _instruction(self, server_round: int) -> Instruction:
+        return Instruction(server_round, self.config_json, self.params.fingerprint(), self.global_blob)
+
+    # -- Strategy interface ---------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        sampled = self._sample(grid)
+        self._current = RoundRecord(server_round, sampled)
+        content = build_instruction(self._instruction(server_round))
+        return [Message(content=content, dst_node_id=n, message_type=MessageType.TRAIN) for n in sampled]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        rec = self._current
+        assert rec is not None and rec.server_round == server_round
+        down = len(self.global_blob or b"")
+        self._agg.reset()
+        seen: set[int] = set()
+        t0 = time.perf_counter()
+        max_blob = int(getattr(self.params, "max_blob_bytes", 1 << 31))
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            cr = ClientRoundRecord(node, str(node), "failed", bytes_down=down)
+            rec.clients.append(cr)
+            # Sender checks come first: an unsampled or duplicate sender never reaches the sum.
+            if node not in rec.sampled:
+                cr.status, cr.reason = "rejected", "sender was not sampled this round"
+                continue
+            if node in seen:
+                cr.status, cr.reason = "rejected", "duplicate reply from this node"
+                continue
+            seen.add(node)
+            if msg.metadata.reply_to_message_id == "" and msg.has_error():
+                cr.reason = "no reply"
+                continue
+            try:
+                r = parse_train_reply(msg, max_blob_bytes=max_blob)
+            except WireError as exc:
+                cr.status, cr.reason = ("failed" if msg.has_error() else "rejected"), str(exc)
+                log.warning("round %d: reply from node %d not used: %s", server_round, node, exc)
+                continue
+            cr.client_id, cr.metrics, cr.history_json = r.client_id or str(node), r.metrics, r.history_json
+            if r.blob is None:
+                cr.status, cr.reason = "refused", r.refusal or "refused to train"
+                log.info("round %d: client %s refused: %s", server_round, cr.client_id, cr.reason)
+                continue
+            digest = hashlib.sha256(r.blob).hexdigest()
+            cr.bytes_up, cr.update_sha256 = len(r.blob), digest
+            try:
+                if digest != r.update_sha256:
+                    raise WireError("update digest does not match the declared sha256")
+                if r.metrics["update-bytes"] != len(r.blob):
+                    raise WireError("declared update size does not match the received bytes")
+                self._agg.add(r.blob)
+            except WireError as exc:
+                cr.status, cr.reason = "rejected", str(exc)
+                log.warning("round %d: update from client %s rejected: %s", server_round, cr.client_id, exc)
+                continue
+            cr.status = "accepted"
+        rec.accepted = self._agg.count
+        missing = set(rec.sampled) - seen
+        for node in sorted(missing):
+            rec.clients.append(ClientRoundRecord(node, str(node), "failed", "no reply before the timeout", bytes_down=down))
+        rec.aggregate_seconds = time.perf_counter() - t0
+        if rec.accepted == 0:
+            return None, None
+        refused = sum(c.status == "refused" for c in rec.clients)
+        needed = max(1, min(self.min_train, len(rec.sampled) - refused))
+        if rec.accepted < needed:
+            log.warning("round %d: only %d accepted updates (< %d); global model unchanged", server_round, rec.accepted, needed)
+            return None, None
+        self.global_blob = self._agg.result()
+        rec.global_bytes = len(self.global_blob)
+        return ArrayRecord(), MetricRecord({"accepted": rec.accepted})
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.global_blob is None:
+            return []
+        nodes = sorted(grid.get_node_ids())
+        content = build_instruction(self._instruction(server_round))
+        return [Message(content=content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        rec = self._current
+        assert rec is not None
+        n_tot, loss, acc = 0, 0.0, 0.0
+        for msg in replies:
+            try:
+                r = parse_eval_reply(msg)
+            except WireError as exc:
+                log.warning("round %d: evaluation reply ignored: %s", server_round, exc)
+                continue
+            if r.num_examples == 0:
+                continue
+            n_tot += r.num_examples
+            loss += r.loss * r.num_examples
+            acc += r.accuracy * r.num_examples
+        if n_tot == 0:
+            return None
+        rec.federated_loss, rec.federated_accuracy, rec.eval_examples = loss / n_tot, acc / n_tot, n_tot
+        return MetricRecord({"loss": rec.federated_loss, "accuracy": rec.federated_accuracy})
+
+    def summary(self) -> None:
+        log.info(
+            "EncryptedFedAvg: scheme=%s, %d values, %d of %d clients per round",
+            self.params.scheme,
+            self.params.num_values,
+            self.sample_size,
+            self.num_clients,
+        )
+
+    # -- driver -----------------------------------------------------------------------------
+    def run(self, grid: Grid, num_rounds: int, first_round: int = 1) -> list[RoundRecord]:
+        """Run rounds ``first_round..num_rounds``; stop early when every client is out of budget."""
+        self.summary()
+        for rnd in range(first_round, num_rounds + 1):
+            t0 = time.perf_counter()
+            msgs = list(self.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid))
+            replies = grid.send_and_receive(msgs, timeout=self.round_timeout)
+            agg, _ = self.aggregate_train(rnd, replies)
+            rec = self._current
+            assert rec is not None
+            refused = [c for c in rec.clients if c.status == "refused"]
+            if agg is None:
+                if rec.accepted == 0 and refused and len(refused) == len(rec.sampled):
+                    self.stop_reason = f"round {rnd}: every sampled client refused (privacy budget exhausted)"
+                else:
+                    reasons = "; ".join(f"node {c.node_id}: {c.status} ({c.reason})" for c in rec.clients) or "no replies"
+                    self.stop_reason = f"round {rnd}: {rec.accepted} accepted updates, {self.min_train} needed ({reasons})"
+                rec.seconds = time.perf_counter() - t0
+                self.history.append(rec)
+                if self.on_round:
+                    self.on_round(rec, None)
+                if rec.accepted == 0 and refused and len(refused) == len(rec.sampled):
+                    log.warning("%s; stopping", self.stop_reason)
+                    break
+                raise RunFailedError(self.stop_reason)
+            ev_msgs = list(self.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid))
+            if ev_msgs:
+                self.aggregate_evaluate(rnd, grid.send_and_receive(ev_msgs, timeout=self.round_timeout))
+            rec.seconds = time.perf_counter() - t0
+            self.history.append(rec)
+            if self.on_round:
+                self.on_round(rec, self.global_blob)
+        return self.history
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self._rng.getstate()}
