@@ -44,7 +44,7 @@ class FedprivNet(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)  # type: ignore[no-any-return]
+        return self.layers(x)
 
 
 def _image_dims(name: str, input_shape: tuple[int, ...], min_hw: int) -> tuple[int, int, int]:
