@@ -3,7 +3,13 @@ import math
 import pytest
 
 from fedpriv.errors import StateError
-from fedpriv.privacy import DpEvent, compress_history, opacus_epsilon, plan_noise_multiplier, pld_epsilon
+from fedpriv.privacy import (
+    DpEvent,
+    compress_history,
+    opacus_epsilon,
+    plan_noise_multiplier,
+    pld_epsilon,
+)
 
 # Test vectors from ../shared/RESEARCH.md section 3 (sigma=1.0, q=0.01, delta=1e-5).
 VECTORS = [(1_000, 2.101, 1.838, 1.828), (10_000, 6.713, 6.198, 6.188)]
