@@ -73,9 +73,9 @@ class FederationConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "cnn"
-    local_epochs: int = 1
+    local_epochs: int = 3
     batch_size: int = 32
-    learning_rate: float = 0.1
+    learning_rate: float = 0.5
     momentum: float = 0.0
 
 
@@ -231,17 +231,32 @@ def _check(cfg: RunConfig) -> list[str]:
         f"data.dataset: unknown dataset {d.dataset!r} (use digits, mnist:PATH, csv:PATH or hf:NAME)",
     )
     if kind in {"mnist", "csv", "hf"}:
-        need(":" in d.dataset and bool(d.dataset.split(":", 1)[1]), f"data.dataset: {kind} needs a path or name after ':'")
-    need(0.0 <= d.holdout_fraction < 1.0, f"data.holdout_fraction: must be in [0, 1), got {d.holdout_fraction}")
-    need(0.0 <= d.test_fraction < 1.0, f"data.test_fraction: must be in [0, 1), got {d.test_fraction}")
+        need(
+            ":" in d.dataset and bool(d.dataset.split(":", 1)[1]),
+            f"data.dataset: {kind} needs a path or name after ':'",
+        )
+    need(
+        0.0 <= d.holdout_fraction < 1.0,
+        f"data.holdout_fraction: must be in [0, 1), got {d.holdout_fraction}",
+    )
+    need(
+        0.0 <= d.test_fraction < 1.0,
+        f"data.test_fraction: must be in [0, 1), got {d.test_fraction}",
+    )
     need(d.alpha > 0, f"data.alpha: must be > 0, got {d.alpha}")
     need(d.classes_per_partition >= 1, "data.classes_per_partition: must be >= 1")
     need(d.max_samples >= 0, "data.max_samples: must be >= 0")
     f = cfg.federation
     need(f.num_clients >= 1, f"federation.num_clients: must be >= 1, got {f.num_clients}")
-    need(0.0 < f.fraction_train <= 1.0, f"federation.fraction_train: must be in (0, 1], got {f.fraction_train}")
+    need(
+        0.0 < f.fraction_train <= 1.0,
+        f"federation.fraction_train: must be in (0, 1], got {f.fraction_train}",
+    )
     need(f.min_train_clients >= 0, "federation.min_train_clients: must be >= 0")
-    need(f.min_train_clients <= f.num_clients, "federation.min_train_clients: cannot exceed num_clients")
+    need(
+        f.min_train_clients <= f.num_clients,
+        "federation.min_train_clients: cannot exceed num_clients",
+    )
     need(f.round_timeout_s > 0, "federation.round_timeout_s: must be > 0")
     t = cfg.train
     need(t.local_epochs >= 1, f"train.local_epochs: must be >= 1, got {t.local_epochs}")
@@ -250,7 +265,10 @@ def _check(cfg: RunConfig) -> list[str]:
     need(0.0 <= t.momentum < 1.0, f"train.momentum: must be in [0, 1), got {t.momentum}")
     from fedpriv.models import available_models
 
-    need(t.model in available_models(), f"train.model: unknown model {t.model!r} (available: {', '.join(available_models())})")
+    need(
+        t.model in available_models(),
+        f"train.model: unknown model {t.model!r} (available: {', '.join(available_models())})",
+    )
     p = cfg.privacy
     if p.mode != "off":
         need(p.noise_multiplier >= 0, "privacy.noise_multiplier: must be >= 0")
@@ -279,10 +297,16 @@ def _check(cfg: RunConfig) -> list[str]:
             x.poly_modulus_degree in {0, 2048, 4096, 8192, 16384, 32768},
             f"encryption.poly_modulus_degree: must be 0 (auto) or a power of two in 2048..32768, got {x.poly_modulus_degree}",
         )
-        need(all(20 <= b <= 60 for b in x.coeff_modulus_bits), "encryption.coeff_modulus_bits: each prime must have 20..60 bits")
+        need(
+            all(20 <= b <= 60 for b in x.coeff_modulus_bits),
+            "encryption.coeff_modulus_bits: each prime must have 20..60 bits",
+        )
         need(20 <= x.ckks_scale_bits <= 60, "encryption.ckks_scale_bits: must be in 20..60")
     s = cfg.simulation
-    need(s.backend == "ray", f"simulation.backend: only 'ray' (Flower's simulation engine) is supported, got {s.backend!r}")
+    need(
+        s.backend == "ray",
+        f"simulation.backend: only 'ray' (Flower's simulation engine) is supported, got {s.backend!r}",
+    )
     need(s.num_cpus_per_client >= 1, "simulation.num_cpus_per_client: must be an integer >= 1")
     return e
 

@@ -31,7 +31,7 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
         from fedpriv.crypto import KeyHolder, choose_params
 
         e = cfg.encryption
-        params = choose_params(
+        he = choose_params(
             e.scheme,
             num_values=num_values,
             max_clients=max_clients_per_round(cfg),
@@ -41,7 +41,8 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
             coeff_modulus_bits=e.coeff_modulus_bits,
             scale_bits=e.ckks_scale_bits,
         )
-        holder = KeyHolder.generate(params)
+        holder = KeyHolder.generate(he)
+        params = he
     text = json.dumps(params.to_dict(), sort_keys=True, indent=2)
     atomic_write_text(out / "server" / "params.json", text, mode=0o644)
     atomic_write_text(out / "client" / "params.json", text, mode=0o644)

@@ -191,4 +191,6 @@ class RunRecorder:
 
     def flush(self, extra: dict[str, Any] | None = None) -> None:
         doc = {**self.header, **(extra or {}), "rounds": self.rounds}
-        atomic_write_text(self.run_dir.metrics, json.dumps(doc, indent=2, sort_keys=True), mode=0o644)
+        atomic_write_text(
+            self.run_dir.metrics, json.dumps(doc, indent=2, sort_keys=True), mode=0o644
+        )

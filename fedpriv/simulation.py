@@ -81,7 +81,9 @@ def _backend_config(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def _evaluate_rounds(cfg: RunConfig, rd: RunDir, test: Any, shape: tuple[int, ...], num_classes: int) -> None:
+def _evaluate_rounds(
+    cfg: RunConfig, rd: RunDir, test: Any, shape: tuple[int, ...], num_classes: int
+) -> None:
     """Decrypt each round's global model (as a key holder) and evaluate it on the held-out set."""
     from fedpriv.models import build_model, save_weights, set_flat_params
     from fedpriv.privacy import evaluate
@@ -135,19 +137,29 @@ def simulate(
     rd.root.mkdir(parents=True, exist_ok=True)
     _write_config(cfg, rd)
     d = cfg.data
-    train, test = load_dataset(d.dataset, label_column=d.label_column, holdout_fraction=d.holdout_fraction, seed=cfg.seed, max_samples=d.max_samples)
+    train, test = load_dataset(
+        d.dataset,
+        label_column=d.label_column,
+        holdout_fraction=d.holdout_fraction,
+        seed=cfg.seed,
+        max_samples=d.max_samples,
+    )
     sizes = partition_sizes(cfg, train)
     model = build_model(cfg.train.model, train.input_shape, train.num_classes, seed=cfg.seed)
     max_weight = cfg.encryption.max_examples_per_client or max(sizes)
     deal_keys(cfg, num_values=num_params(model), max_weight=max_weight, out=rd.keys)
-    server_app = make_server_app(ServerSettings(cfg, rd.root, rd.server_params, progress=progress, node_wait_timeout=120.0))
-    client_app = make_client_app(ClientSettings(rd.client_keys.resolve(), (rd.root / "clients").resolve()))
+    server_app = make_server_app(
+        ServerSettings(cfg, rd.root, rd.server_params, progress=progress, node_wait_timeout=120.0)
+    )
+    client_app = make_client_app(
+        ClientSettings(rd.client_keys.resolve(), (rd.root / "clients").resolve())
+    )
     try:
         run_simulation(
             server_app=server_app,
             client_app=client_app,
             num_supernodes=cfg.federation.num_clients,
-            backend_config=_backend_config(cfg),  # type: ignore[arg-type]
+            backend_config=_backend_config(cfg),
         )
     except FedprivError:
         raise
@@ -156,7 +168,9 @@ def simulate(
     finally:
         _shutdown_ray()
     if not rd.metrics.exists():
-        raise RunFailedError("simulation finished without writing metrics (the ServerApp did not run)")
+        raise RunFailedError(
+            "simulation finished without writing metrics (the ServerApp did not run)"
+        )
     _evaluate_rounds(cfg, rd, test, train.input_shape, train.num_classes)
     doc = rd.read_metrics()
     doc["partition_sizes"] = sizes

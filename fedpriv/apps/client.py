@@ -36,6 +36,7 @@ __all__ = ["ClientSettings", "make_client_app"]
 
 log = logging.getLogger("fedpriv.client")
 _STATE_KEY = "fedpriv-privacy"
+_PLAN_KEY = "fedpriv-sigma-plan"
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,9 @@ class ClientSettings:
         nc, rc = context.node_config, context.run_config
         key_dir = str(nc.get("keys-dir", "") or rc.get("keys-dir", "") or "")
         if not key_dir:
-            raise ConfigError("client: no key directory; set node config 'keys-dir' or run config 'keys-dir'")
+            raise ConfigError(
+                "client: no key directory; set node config 'keys-dir' or run config 'keys-dir'"
+            )
         base = str(rc.get("run-dir", "") or "")
         data = str(nc.get("data", "") or "") or None
         return cls(Path(key_dir), Path(base) / "clients" if base else None, data)
@@ -87,14 +90,18 @@ def _partition(context: Context) -> tuple[int, int]:
     try:
         return int(nc.get("partition-id", 0)), int(nc.get("num-partitions", 1))
     except (TypeError, ValueError):
-        raise ConfigError("client: node config partition-id/num-partitions must be integers") from None
+        raise ConfigError(
+            "client: node config partition-id/num-partitions must be integers"
+        ) from None
 
 
 def _read_instruction(msg: Message, codec: ClientCodec) -> tuple[Instruction, RunConfig]:
     limit = 4 * int(getattr(codec.params, "max_blob_bytes", 1 << 28)) + (1 << 20)
     ins = parse_instruction(msg.content, max_blob_bytes=limit)
     if ins.params_fingerprint != codec.params.fingerprint():
-        raise CryptoError("the server's parameters do not match this client's keys (different key set?)")
+        raise CryptoError(
+            "the server's parameters do not match this client's keys (different key set?)"
+        )
     try:
         raw = json.loads(ins.config_json)
     except json.JSONDecodeError:
@@ -109,7 +116,13 @@ def _local_data(cfg: RunConfig, settings: ClientSettings, context: Context) -> t
 
     d = cfg.data
     spec = settings.data or d.dataset
-    train, _ = load_dataset(spec, label_column=d.label_column, holdout_fraction=d.holdout_fraction, seed=cfg.seed, max_samples=d.max_samples)
+    train, _ = load_dataset(
+        spec,
+        label_column=d.label_column,
+        holdout_fraction=d.holdout_fraction,
+        seed=cfg.seed,
+        max_samples=d.max_samples,
+    )
     if settings.data:
         pid, n = 0, 1  # the device's own data is its whole partition
     else:
@@ -126,7 +139,9 @@ def _local_data(cfg: RunConfig, settings: ClientSettings, context: Context) -> t
     )
 
 
-def _model(cfg: RunConfig, codec: ClientCodec, ins: Instruction, shape: tuple[int, ...], num_classes: int) -> Any:
+def _model(
+    cfg: RunConfig, codec: ClientCodec, ins: Instruction, shape: tuple[int, ...], num_classes: int
+) -> Any:
     from fedpriv.models import build_model, set_flat_params
 
     model = build_model(cfg.train.model, shape, num_classes, seed=cfg.seed)
@@ -154,9 +169,34 @@ def _save_state(state: ClientPrivacyState, settings: ClientSettings, context: Co
         state.save(sdir / "privacy_state.json")
 
 
+def _planned_sigma(cfg: RunConfig, num_examples: int, context: Context) -> float:
+    """Plan sigma once per client and run (planning costs seconds with PRV); cache in node state."""
+    from fedpriv.privacy import noise_multiplier_for
+
+    p = cfg.privacy
+    key = json.dumps(
+        [
+            p.noise_multiplier,
+            p.target_epsilon,
+            p.delta,
+            p.accountant,
+            cfg.rounds,
+            num_examples,
+            cfg.train.batch_size,
+            cfg.train.local_epochs,
+        ]
+    )
+    rec = context.state.config_records.get(_PLAN_KEY)
+    if rec is not None and rec.get("key") == key:
+        return float(rec["sigma"])  # type: ignore[arg-type]
+    sigma = noise_multiplier_for(cfg, num_examples)
+    context.state.config_records[_PLAN_KEY] = ConfigRecord({"key": key, "sigma": sigma})
+    return sigma
+
+
 def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Message:
     from fedpriv.models import get_flat_params
-    from fedpriv.privacy import check_budget, noise_multiplier_for, train_local
+    from fedpriv.privacy import check_budget, train_local
 
     codec = _codec(str(settings.key_dir))
     ins, cfg = _read_instruction(msg, codec)
@@ -179,18 +219,27 @@ def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Me
         "encrypt-seconds": 0.0,
     }
     if cfg.dp_on:
-        decision = check_budget(cfg, state, len(train))
+        decision = check_budget(cfg, state, len(train), _planned_sigma(cfg, len(train), context))
         if not decision.allowed:
             metrics["refused"] = 1
             log.warning("client %s: %s", cid, decision.reason)
-            reply = TrainReply(metrics, None, decision.reason, "", json.dumps(state.to_dict()["history"]), cid)
+            reply = TrainReply(
+                metrics, None, decision.reason, "", json.dumps(state.to_dict()["history"]), cid
+            )
             return Message(build_train_reply(reply), reply_to=msg)
         sigma = decision.event.noise_multiplier
     else:
         sigma = 0.0
     model = _model(cfg, codec, ins, train.input_shape, train.num_classes)
     t0 = time.perf_counter()
-    res = train_local(model, train, train=cfg.train, privacy=cfg.privacy, noise_multiplier=sigma, seed=cfg.seed * 1_000_003 + pid * 1009 + ins.server_round)
+    res = train_local(
+        model,
+        train,
+        train=cfg.train,
+        privacy=cfg.privacy,
+        noise_multiplier=sigma,
+        seed=cfg.seed * 1_000_003 + pid * 1009 + ins.server_round,
+    )
     metrics["train-seconds"] = time.perf_counter() - t0
     metrics["steps"] = res.steps
     metrics["train-loss"] = res.train_loss if res.train_loss == res.train_loss else 0.0
@@ -218,7 +267,9 @@ def handle_evaluate(msg: Message, context: Context, settings: ClientSettings) ->
     codec = _codec(str(settings.key_dir))
     ins, cfg = _read_instruction(msg, codec)
     _train, test = _local_data(cfg, settings, context)
-    model = _model(cfg, codec, ins, test.input_shape if len(test) else _train.input_shape, _train.num_classes)
+    model = _model(
+        cfg, codec, ins, test.input_shape if len(test) else _train.input_shape, _train.num_classes
+    )
     loss, acc = evaluate(model, test)
     if len(test) == 0:
         loss, acc = 0.0, 0.0

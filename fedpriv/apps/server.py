@@ -38,9 +38,15 @@ class ServerSettings:
         cfg = load_config(cfg_path or None)
         keys = str(rc.get("keys-dir", "") or "")
         if not keys:
-            raise ConfigError("server: run config 'keys-dir' is required (the folder `fedpriv keys init` wrote)")
+            raise ConfigError(
+                "server: run config 'keys-dir' is required (the folder `fedpriv keys init` wrote)"
+            )
         run_dir = str(rc.get("run-dir", "") or "")
-        root = Path(run_dir) if run_dir else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+        root = (
+            Path(run_dir)
+            if run_dir
+            else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+        )
         return cls(cfg, root, Path(keys) / "server" / "params.json")
 
 
@@ -49,7 +55,9 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
     cfg = s.config
     params: PublicParams = load_params_file(s.params_path)
     if params.scheme != cfg.encryption.scheme:
-        raise ConfigError(f"server: key set is for scheme {params.scheme!r} but the config asks for {cfg.encryption.scheme!r}")
+        raise ConfigError(
+            f"server: key set is for scheme {params.scheme!r} but the config asks for {cfg.encryption.scheme!r}"
+        )
     rd = RunDir(s.run_dir)
     rd.root.mkdir(parents=True, exist_ok=True)
     header = {
@@ -77,7 +85,12 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
         node_wait_timeout=s.node_wait_timeout,
     )
     strategy.run(grid, cfg.rounds)
-    recorder.flush({"stop_reason": strategy.stop_reason, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    recorder.flush(
+        {
+            "stop_reason": strategy.stop_reason,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
     return strategy
 
 

@@ -20,8 +20,17 @@ __all__ = ["main"]
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None, help="experiment TOML (default: built-in default run)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set rounds=3 (repeatable)")
+    p.add_argument(
+        "--config", type=Path, default=None, help="experiment TOML (default: built-in default run)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set rounds=3 (repeatable)",
+    )
 
 
 def _progress_printer(console: Any, cfg: Any) -> Any:
@@ -48,8 +57,20 @@ def _summary(console: Any, result: Any, cfg: Any) -> None:
     from rich.table import Table
 
     doc = result.metrics
-    t = Table(title=f"fedpriv run '{cfg.name}': accuracy per round (held-out set, decrypted by the key holder)")
-    for col in ("round", "held-out acc", "federated acc", "accepted", "refused", "max eps", "KiB up/client", "KiB down/client", "s"):
+    t = Table(
+        title=f"fedpriv run '{cfg.name}': accuracy per round (held-out set, decrypted by the key holder)"
+    )
+    for col in (
+        "round",
+        "held-out acc",
+        "federated acc",
+        "accepted",
+        "refused",
+        "max eps",
+        "KiB up/client",
+        "KiB down/client",
+        "s",
+    ):
         t.add_column(col, justify="right")
     for r in doc["rounds"]:
         cl = list(r["clients"].values())
@@ -69,7 +90,9 @@ def _summary(console: Any, result: Any, cfg: Any) -> None:
         )
     console.print(t)
     if cfg.dp_on:
-        et = Table(title=f"epsilon spent per client (delta={cfg.privacy.delta:g}, accountant={cfg.privacy.accountant}, budget {cfg.privacy.max_epsilon:g})")
+        et = Table(
+            title=f"epsilon spent per client (delta={cfg.privacy.delta:g}, accountant={cfg.privacy.accountant}, budget {cfg.privacy.max_epsilon:g})"
+        )
         et.add_column("client")
         rounds = doc["rounds"]
         for r in rounds:
@@ -90,8 +113,9 @@ def _summary(console: Any, result: Any, cfg: Any) -> None:
         console.print("  * = refused to train: the round would have exceeded the client's budget")
     acc = result.final_accuracy
     console.print(
-        f"[bold]done[/bold] in {result.wall_seconds:.1f}s; final held-out accuracy "
-        f"{acc:.4f}" if acc is not None else "no round completed",
+        f"[bold]done[/bold] in {result.wall_seconds:.1f}s; final held-out accuracy {acc:.4f}"
+        if acc is not None
+        else "no round completed",
     )
     if doc.get("stop_reason"):
         console.print(f"stopped early: {doc['stop_reason']}")
@@ -110,7 +134,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"fedpriv simulate '{cfg.name}': {cfg.federation.num_clients} clients, {cfg.rounds} rounds, "
         f"data={cfg.data.dataset} ({cfg.data.partitioner}), DP={cfg.privacy.mode}, encryption={cfg.encryption.scheme}"
     )
-    result = simulate(cfg, args.out, progress=None if args.quiet else _progress_printer(console, cfg))
+    result = simulate(
+        cfg, args.out, progress=None if args.quiet else _progress_printer(console, cfg)
+    )
     _summary(console, result, cfg)
     return 0
 
@@ -124,27 +150,46 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     d = cfg.data
-    train, _ = load_dataset(d.dataset, label_column=d.label_column, holdout_fraction=d.holdout_fraction, seed=cfg.seed, max_samples=d.max_samples)
+    train, _ = load_dataset(
+        d.dataset,
+        label_column=d.label_column,
+        holdout_fraction=d.holdout_fraction,
+        seed=cfg.seed,
+        max_samples=d.max_samples,
+    )
     model = build_model(cfg.train.model, train.input_shape, train.num_classes, seed=cfg.seed)
     weight = cfg.encryption.max_examples_per_client or max(partition_sizes(cfg, train))
     params = deal_keys(cfg, num_values=num_params(model), max_weight=weight, out=args.out)
-    print(f"wrote {args.out}/server (public parameters only) and {args.out}/client (secret: give only to clients)")
-    print(f"scheme={params.scheme} values={params.num_values} fingerprint={params.fingerprint()[:16]}")
+    print(
+        f"wrote {args.out}/server (public parameters only) and {args.out}/client (secret: give only to clients)"
+    )
+    print(
+        f"scheme={params.scheme} values={params.num_values} fingerprint={params.fingerprint()[:16]}"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedpriv", description="Private federated learning: Flower + Opacus DP-SGD + homomorphic encryption.")
+    p = argparse.ArgumentParser(
+        prog="fedpriv",
+        description="Private federated learning: Flower + Opacus DP-SGD + homomorphic encryption.",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show Flower/Ray logs")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("simulate", help="run a federated simulation (default: 10 clients on digits, DP + BFV on)")
+    s = sub.add_parser(
+        "simulate", help="run a federated simulation (default: 10 clients on digits, DP + BFV on)"
+    )
     _add_config_args(s)
-    s.add_argument("--out", type=Path, default=None, help="run folder (default runs/<timestamp>-<name>)")
+    s.add_argument(
+        "--out", type=Path, default=None, help="run folder (default runs/<timestamp>-<name>)"
+    )
     s.add_argument("--quiet", action="store_true", help="no per-round progress")
     s.set_defaults(func=cmd_simulate)
     k = sub.add_parser("keys", help="key dealer")
     ks = k.add_subparsers(dest="keys_command", required=True)
-    ki = ks.add_parser("init", help="create HE keys: public parameters for the server, the secret for clients")
+    ki = ks.add_parser(
+        "init", help="create HE keys: public parameters for the server, the secret for clients"
+    )
     _add_config_args(ki)
     ki.add_argument("--out", type=Path, required=True)
     ki.set_defaults(func=cmd_keys_init)
@@ -154,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if not args.verbose:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         for name in ("flwr", "ray"):

@@ -8,8 +8,8 @@ from fedpriv.privacy.accounting import (
     plan_noise_multiplier,
     pld_epsilon,
 )
-from fedpriv.privacy.ledger import GENESIS, HashChainWriter, read_chain, verify_chain
 from fedpriv.privacy.budget import BudgetDecision, check_budget, noise_multiplier_for
+from fedpriv.privacy.ledger import GENESIS, HashChainWriter, read_chain, verify_chain
 from fedpriv.privacy.state import ClientPrivacyState, atomic_write_text
 from fedpriv.privacy.training import (
     LocalTrainResult,
@@ -22,12 +22,10 @@ from fedpriv.privacy.training import (
 __all__ = [
     "ACCOUNTANTS",
     "GENESIS",
-    "HashChainWriter",
-    "read_chain",
-    "verify_chain",
     "BudgetDecision",
     "ClientPrivacyState",
     "DpEvent",
+    "HashChainWriter",
     "LocalTrainResult",
     "atomic_write_text",
     "check_budget",
@@ -37,7 +35,9 @@ __all__ = [
     "opacus_epsilon",
     "plan_noise_multiplier",
     "pld_epsilon",
+    "read_chain",
     "sample_rate",
     "steps_per_round",
     "train_local",
+    "verify_chain",
 ]

@@ -8,9 +8,10 @@ under-reports epsilon.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,9 @@ class DpEvent:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
-            raise StateError(f"DP event: noise_multiplier must be > 0, got {self.noise_multiplier!r}")
+            raise StateError(
+                f"DP event: noise_multiplier must be > 0, got {self.noise_multiplier!r}"
+            )
         if not (0 < self.sample_rate <= 1):
             raise StateError(f"DP event: sample_rate must be in (0, 1], got {self.sample_rate!r}")
         if not (isinstance(self.steps, int) and self.steps >= 0):
@@ -70,7 +73,11 @@ def compress_history(history: Iterable[DpEvent]) -> list[DpEvent]:
     for ev in history:
         if ev.steps == 0:
             continue
-        if out and out[-1].noise_multiplier == ev.noise_multiplier and out[-1].sample_rate == ev.sample_rate:
+        if (
+            out
+            and out[-1].noise_multiplier == ev.noise_multiplier
+            and out[-1].sample_rate == ev.sample_rate
+        ):
             out[-1] = DpEvent(ev.noise_multiplier, ev.sample_rate, out[-1].steps + ev.steps)
         else:
             out.append(ev)
@@ -112,32 +119,59 @@ def pld_epsilon(history: Sequence[DpEvent], delta: float) -> float:
     for ev in hist:
         acc.compose(
             dp_event.SelfComposedDpEvent(
-                dp_event.PoissonSampledDpEvent(ev.sample_rate, dp_event.GaussianDpEvent(ev.noise_multiplier)),
+                dp_event.PoissonSampledDpEvent(
+                    ev.sample_rate, dp_event.GaussianDpEvent(ev.noise_multiplier)
+                ),
                 ev.steps,
             )
         )
     return float(acc.get_epsilon(delta))
 
 
+@functools.lru_cache(maxsize=256)
 def plan_noise_multiplier(
     target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv"
 ) -> float:
-    """Smallest sigma such that ``steps`` steps at ``sample_rate`` stay within ``target_epsilon``.
+    """Smallest sigma (within 0.5% of epsilon) such that ``steps`` steps at ``sample_rate`` stay
+    within ``target_epsilon``, by bisection on log(sigma) with the reporting accountant itself.
 
     Plan over the whole horizon (rounds x local steps): Opacus' ``make_private_with_epsilon``
-    would plan one round at a time and ignore what was already spent.
+    would plan one round at a time and ignore what was already spent. Each PRV evaluation costs
+    ~0.3 s, so this bisection (about 12 evaluations) replaces Opacus' slower linear search.
     """
-    from opacus.accountants.utils import get_noise_multiplier
+    if target_epsilon <= 0 or steps <= 0:
+        raise StateError(f"cannot plan noise for epsilon={target_epsilon}, steps={steps}")
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant=accountant,
-                epsilon_tolerance=0.005,
+    def eps(sigma: float, acc: str = accountant) -> float:
+        return opacus_epsilon([DpEvent(sigma, sample_rate, steps)], delta, acc)
+
+    if accountant == "prv":
+        # RDP over-estimates epsilon and is ~5x cheaper: its answer bounds the search from above.
+        hi = plan_noise_multiplier(target_epsilon, delta, sample_rate, steps, "rdp")
+        return _bisect(eps, target_epsilon, hi * 0.85, hi)
+    lo, hi = 0.05, 1.0
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, hi * 4
+        if hi > 1e4:
+            raise StateError(
+                f"no noise multiplier reaches epsilon={target_epsilon} for q={sample_rate}, steps={steps}"
             )
-        )
+    return _bisect(eps, target_epsilon, lo, hi)
+
+
+def _bisect(eps: Callable[[float], float], target: float, lo: float, hi: float) -> float:
+    """Bisect log(sigma) in [lo, hi] (eps(hi) <= target) until within 0.5% of the target."""
+    if eps(lo) <= target:
+        return lo
+    for _ in range(40):
+        mid = math.sqrt(lo * hi)
+        e = eps(mid)
+        if e > target:
+            lo = mid
+        else:
+            hi = mid
+            if e >= target * 0.995:
+                break
+        if hi / lo < 1.0005:
+            break
+    return hi

@@ -46,9 +46,11 @@ class BudgetDecision:
         )
 
 
-def check_budget(cfg: RunConfig, state: ClientPrivacyState, num_examples: int) -> BudgetDecision:
+def check_budget(
+    cfg: RunConfig, state: ClientPrivacyState, num_examples: int, sigma: float | None = None
+) -> BudgetDecision:
     """Would one more round of local DP-SGD keep the client within ``max_epsilon``?"""
-    sigma = noise_multiplier_for(cfg, num_examples)
+    sigma = noise_multiplier_for(cfg, num_examples) if sigma is None else sigma
     ev = DpEvent(
         sigma,
         sample_rate(num_examples, cfg.train.batch_size),

@@ -22,7 +22,9 @@ GENESIS = "0" * 64
 
 def _digest(entry: dict[str, Any]) -> str:
     body = {k: v for k, v in entry.items() if k != "hash"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 class HashChainWriter:
@@ -77,9 +79,13 @@ def verify_chain(entries: list[dict[str, Any]], *, source: str = "ledger") -> st
     prev = GENESIS
     for i, e in enumerate(entries):
         if e.get("seq") != i:
-            raise VerificationError(f"{source}: line {i + 1} has seq {e.get('seq')!r}, expected {i} (line removed or reordered)")
+            raise VerificationError(
+                f"{source}: line {i + 1} has seq {e.get('seq')!r}, expected {i} (line removed or reordered)"
+            )
         if e.get("prev") != prev:
-            raise VerificationError(f"{source}: line {i + 1} does not link to the previous line (chain broken)")
+            raise VerificationError(
+                f"{source}: line {i + 1} does not link to the previous line (chain broken)"
+            )
         if e.get("hash") != _digest(e):
             raise VerificationError(f"{source}: line {i + 1} was altered (hash mismatch)")
         prev = e["hash"]

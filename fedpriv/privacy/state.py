@@ -76,10 +76,14 @@ class ClientPrivacyState:
         if not isinstance(d, dict):
             raise StateError(f"{source}: expected a JSON object")
         if d.get("version") != _VERSION:
-            raise StateError(f"{source}: unsupported version {d.get('version')!r} (expected {_VERSION})")
+            raise StateError(
+                f"{source}: unsupported version {d.get('version')!r} (expected {_VERSION})"
+            )
         acc = d.get("accountant")
         if acc not in ACCOUNTANTS:
-            raise StateError(f"{source}: field 'accountant' must be one of {ACCOUNTANTS}, got {acc!r}")
+            raise StateError(
+                f"{source}: field 'accountant' must be one of {ACCOUNTANTS}, got {acc!r}"
+            )
         delta = d.get("delta")
         if not isinstance(delta, float) or not 0 < delta < 1:
             raise StateError(f"{source}: field 'delta' must be a float in (0, 1), got {delta!r}")
@@ -103,7 +107,9 @@ class ClientPrivacyState:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise StateError(f"{source}: not valid JSON ({exc}); refusing to reset the budget") from None
+            raise StateError(
+                f"{source}: not valid JSON ({exc}); refusing to reset the budget"
+            ) from None
         return cls.from_dict(d, source=source)
 
     def save(self, path: Path) -> None:

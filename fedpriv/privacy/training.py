@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     from fedpriv.config import PrivacyConfig, TrainConfig
     from fedpriv.data import ArrayDataset
 
-__all__ = ["LocalTrainResult", "evaluate", "resolve_grad_sample_mode", "sample_rate", "steps_per_round", "train_local"]
+__all__ = [
+    "LocalTrainResult",
+    "evaluate",
+    "resolve_grad_sample_mode",
+    "sample_rate",
+    "steps_per_round",
+    "train_local",
+]
 
 
 @dataclass(frozen=True)
@@ -54,15 +61,22 @@ def resolve_grad_sample_mode(mode: str, model: torch.nn.Module) -> str:
     import torch.nn as nn
 
     total = sum(p.numel() for p in model.parameters())
-    linear = sum(p.numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding)) for p in m.parameters(recurse=False))
+    linear = sum(
+        p.numel()
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.Embedding))
+        for p in m.parameters(recurse=False)
+    )
     return "ghost" if total > 100_000 and linear / max(total, 1) > 0.8 else "hooks"
 
 
-def _loader(data: ArrayDataset, batch_size: int, seed: int, shuffle: bool) -> torch.utils.data.DataLoader[tuple[torch.Tensor, ...]]:
+def _loader(
+    data: ArrayDataset, batch_size: int, seed: int, shuffle: bool
+) -> torch.utils.data.DataLoader[tuple[torch.Tensor, ...]]:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    ds = TensorDataset(torch.from_numpy(data.x), torch.from_numpy(data.y))
+    ds = TensorDataset(torch.tensor(data.x), torch.tensor(data.y))
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
 
@@ -131,17 +145,24 @@ def train_local(
                 loss_sum += float(loss.detach()) * len(yb)
                 seen += len(yb)
     if engine is not None:
-        hist = compress_history(DpEvent(float(s), float(q), int(n)) for s, q, n in engine.accountant.history)
+        hist = compress_history(
+            DpEvent(float(s), float(q), int(n)) for s, q, n in engine.accountant.history
+        )
         if len(hist) != 1 or hist[0].steps != steps:
-            raise FedprivError(f"unexpected Opacus accountant history {engine.accountant.history!r} for {steps} steps")
+            raise FedprivError(
+                f"unexpected Opacus accountant history {engine.accountant.history!r} for {steps} steps"
+            )
         event = hist[0]
-        if hasattr(net, "_close"):
-            net._close()  # remove Opacus hooks so the plain module can be reused
+        close = getattr(net, "_close", None)
+        if callable(close):
+            close()  # remove Opacus hooks so the plain module can be reused
     model.eval()
     return LocalTrainResult(len(data), steps, loss_sum / max(seen, 1), event)
 
 
-def evaluate(model: torch.nn.Module, data: ArrayDataset, batch_size: int = 512) -> tuple[float, float]:
+def evaluate(
+    model: torch.nn.Module, data: ArrayDataset, batch_size: int = 512
+) -> tuple[float, float]:
     """Return (mean cross-entropy loss, accuracy) of ``model`` on ``data``."""
     import torch
 

@@ -34,16 +34,22 @@ __all__ = [
 
 
 class PublicParams(Protocol):
-    num_values: int
-    max_clients: int
-    scheme: str
+    @property
+    def num_values(self) -> int: ...
+    @property
+    def max_clients(self) -> int: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def max_blob_bytes(self) -> int: ...
 
     def fingerprint(self) -> str: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 
 class AggregatorLike(Protocol):
-    count: int
+    @property
+    def count(self) -> int: ...
 
     def add(self, blob: bytes) -> None: ...
     def result(self) -> bytes: ...
@@ -63,7 +69,9 @@ def load_params_file(path: Path) -> PublicParams:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CryptoError(f"{path}: public parameter file not found (run `fedpriv keys init`?)") from None
+        raise CryptoError(
+            f"{path}: public parameter file not found (run `fedpriv keys init`?)"
+        ) from None
     except (OSError, ValueError) as exc:
         raise CryptoError(f"{path}: cannot read public parameters ({exc})") from None
     try:
@@ -111,7 +119,9 @@ class ClientCodec:
 
         secret = key_dir / "secret.key"
         if not secret.exists():
-            raise CryptoError(f"{secret}: HE secret key not found; this client cannot decrypt the global model")
+            raise CryptoError(
+                f"{secret}: HE secret key not found; this client cannot decrypt the global model"
+            )
         holder = KeyHolder.load(secret)
         if holder.params.fingerprint() != params.fingerprint():
             raise CryptoError(f"{key_dir}: secret key and public parameters do not belong together")
@@ -120,6 +130,7 @@ class ClientCodec:
     def encode(self, values: np.ndarray, weight: int) -> EncodedUpdate:
         if self._plain is not None:
             return EncodedUpdate(self._plain.encode(values, weight), 0, weight, False, False)
+        assert self._holder is not None
         upd = self._holder.encrypt(values.astype(np.float32), weight)
         return EncodedUpdate(upd.blob, upd.clipped, upd.weight_used, upd.weight_capped, True)
 
@@ -128,6 +139,7 @@ class ClientCodec:
         if self._plain is not None:
             s, w, n = self._plain.decode(blob)
         else:
+            assert self._holder is not None
             agg = self._holder.decrypt(blob)
             s, w, n = agg.weighted_sum, float(agg.total_weight), int(agg.count)
         if w <= 0:

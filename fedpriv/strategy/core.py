@@ -123,7 +123,9 @@ class EncryptedFedAvg(Strategy):
         return sorted(self._rng.sample(nodes, self.sample_size))
 
     def _instruction(self, server_round: int) -> Instruction:
-        return Instruction(server_round, self.config_json, self.params.fingerprint(), self.global_blob)
+        return Instruction(
+            server_round, self.config_json, self.params.fingerprint(), self.global_blob
+        )
 
     # -- Strategy interface ---------------------------------------------------------------
     def configure_train(
@@ -132,7 +134,9 @@ class EncryptedFedAvg(Strategy):
         sampled = self._sample(grid)
         self._current = RoundRecord(server_round, sampled)
         content = build_instruction(self._instruction(server_round))
-        return [Message(content=content, dst_node_id=n, message_type=MessageType.TRAIN) for n in sampled]
+        return [
+            Message(content=content, dst_node_id=n, message_type=MessageType.TRAIN) for n in sampled
+        ]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -165,7 +169,11 @@ class EncryptedFedAvg(Strategy):
                 cr.status, cr.reason = ("failed" if msg.has_error() else "rejected"), str(exc)
                 log.warning("round %d: reply from node %d not used: %s", server_round, node, exc)
                 continue
-            cr.client_id, cr.metrics, cr.history_json = r.client_id or str(node), r.metrics, r.history_json
+            cr.client_id, cr.metrics, cr.history_json = (
+                r.client_id or str(node),
+                r.metrics,
+                r.history_json,
+            )
             if r.blob is None:
                 cr.status, cr.reason = "refused", r.refusal or "refused to train"
                 log.info("round %d: client %s refused: %s", server_round, cr.client_id, cr.reason)
@@ -180,20 +188,31 @@ class EncryptedFedAvg(Strategy):
                 self._agg.add(r.blob)
             except WireError as exc:
                 cr.status, cr.reason = "rejected", str(exc)
-                log.warning("round %d: update from client %s rejected: %s", server_round, cr.client_id, exc)
+                log.warning(
+                    "round %d: update from client %s rejected: %s", server_round, cr.client_id, exc
+                )
                 continue
             cr.status = "accepted"
         rec.accepted = self._agg.count
         missing = set(rec.sampled) - seen
         for node in sorted(missing):
-            rec.clients.append(ClientRoundRecord(node, str(node), "failed", "no reply before the timeout", bytes_down=down))
+            rec.clients.append(
+                ClientRoundRecord(
+                    node, str(node), "failed", "no reply before the timeout", bytes_down=down
+                )
+            )
         rec.aggregate_seconds = time.perf_counter() - t0
         if rec.accepted == 0:
             return None, None
         refused = sum(c.status == "refused" for c in rec.clients)
         needed = max(1, min(self.min_train, len(rec.sampled) - refused))
         if rec.accepted < needed:
-            log.warning("round %d: only %d accepted updates (< %d); global model unchanged", server_round, rec.accepted, needed)
+            log.warning(
+                "round %d: only %d accepted updates (< %d); global model unchanged",
+                server_round,
+                rec.accepted,
+                needed,
+            )
             return None, None
         self.global_blob = self._agg.result()
         rec.global_bytes = len(self.global_blob)
@@ -206,9 +225,14 @@ class EncryptedFedAvg(Strategy):
             return []
         nodes = sorted(grid.get_node_ids())
         content = build_instruction(self._instruction(server_round))
-        return [Message(content=content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
+        return [
+            Message(content=content, dst_node_id=n, message_type=MessageType.EVALUATE)
+            for n in nodes
+        ]
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         rec = self._current
         assert rec is not None
         n_tot, loss, acc = 0, 0.0, 0.0
@@ -225,7 +249,11 @@ class EncryptedFedAvg(Strategy):
             acc += r.accuracy * r.num_examples
         if n_tot == 0:
             return None
-        rec.federated_loss, rec.federated_accuracy, rec.eval_examples = loss / n_tot, acc / n_tot, n_tot
+        rec.federated_loss, rec.federated_accuracy, rec.eval_examples = (
+            loss / n_tot,
+            acc / n_tot,
+            n_tot,
+        )
         return MetricRecord({"loss": rec.federated_loss, "accuracy": rec.federated_accuracy})
 
     def summary(self) -> None:
@@ -251,9 +279,14 @@ class EncryptedFedAvg(Strategy):
             refused = [c for c in rec.clients if c.status == "refused"]
             if agg is None:
                 if rec.accepted == 0 and refused and len(refused) == len(rec.sampled):
-                    self.stop_reason = f"round {rnd}: every sampled client refused (privacy budget exhausted)"
+                    self.stop_reason = (
+                        f"round {rnd}: every sampled client refused (privacy budget exhausted)"
+                    )
                 else:
-                    reasons = "; ".join(f"node {c.node_id}: {c.status} ({c.reason})" for c in rec.clients) or "no replies"
+                    reasons = (
+                        "; ".join(f"node {c.node_id}: {c.status} ({c.reason})" for c in rec.clients)
+                        or "no replies"
+                    )
                     self.stop_reason = f"round {rnd}: {rec.accepted} accepted updates, {self.min_train} needed ({reasons})"
                 rec.seconds = time.perf_counter() - t0
                 self.history.append(rec)
@@ -265,7 +298,9 @@ class EncryptedFedAvg(Strategy):
                 raise RunFailedError(self.stop_reason)
             ev_msgs = list(self.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid))
             if ev_msgs:
-                self.aggregate_evaluate(rnd, grid.send_and_receive(ev_msgs, timeout=self.round_timeout))
+                self.aggregate_evaluate(
+                    rnd, grid.send_and_receive(ev_msgs, timeout=self.round_timeout)
+                )
             rec.seconds = time.perf_counter() - t0
             self.history.append(rec)
             if self.on_round:

@@ -88,7 +88,7 @@ def _get(rec: Any, key: str, typ: type | tuple[type, ...], where: str) -> Any:
     if key not in rec:
         raise WireError(f"{where}: missing field {key!r}")
     val = rec[key]
-    if not isinstance(val, typ) or isinstance(val, bool) and typ is not bool:
+    if not isinstance(val, typ) or (isinstance(val, bool) and typ is not bool):
         raise WireError(f"{where}: field {key!r} has type {type(val).__name__}")
     return val
 
@@ -113,7 +113,14 @@ def parse_instruction(content: RecordDict, *, max_blob_bytes: int) -> Instructio
 # ----------------------------------------------------------------------------- train reply
 
 _INT_METRICS = ("num-examples", "steps", "clipped", "weight-used", "refused", "update-bytes")
-_FLOAT_METRICS = ("epsilon", "noise-multiplier", "sample-rate", "train-loss", "train-seconds", "encrypt-seconds")
+_FLOAT_METRICS = (
+    "epsilon",
+    "noise-multiplier",
+    "sample-rate",
+    "train-loss",
+    "train-seconds",
+    "encrypt-seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -193,7 +200,13 @@ class EvalReply:
 
 
 def build_eval_reply(r: EvalReply) -> RecordDict:
-    return RecordDict({"metrics": MetricRecord({"num-examples": r.num_examples, "loss": r.loss, "accuracy": r.accuracy})})
+    return RecordDict(
+        {
+            "metrics": MetricRecord(
+                {"num-examples": r.num_examples, "loss": r.loss, "accuracy": r.accuracy}
+            )
+        }
+    )
 
 
 def parse_eval_reply(msg: Message) -> EvalReply:

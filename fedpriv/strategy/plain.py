@@ -40,7 +40,9 @@ class PlainParams:
             raise WireError("plaintext params: expected an object with scheme 'off'")
         nv, mc = d.get("num_values"), d.get("max_clients")
         if not (isinstance(nv, int) and nv > 0 and isinstance(mc, int) and mc > 0):
-            raise WireError("plaintext params: num_values and max_clients must be positive integers")
+            raise WireError(
+                "plaintext params: num_values and max_clients must be positive integers"
+            )
         return cls(nv, mc)
 
     @property
@@ -79,7 +81,9 @@ class PlainAggregator:
 
     def add(self, blob: bytes) -> None:
         if self.count >= self.params.max_clients:
-            raise WireError(f"already {self.count} updates this round (max_clients={self.params.max_clients})")
+            raise WireError(
+                f"already {self.count} updates this round (max_clients={self.params.max_clients})"
+            )
         arr = self.validate(blob)
         self._sum += arr
         self.count += 1
@@ -102,4 +106,4 @@ class PlainCodec:
 
     def decode(self, blob: bytes) -> tuple[np.ndarray, float, int]:
         arr = _decode(blob, _MAGIC_AGG, "<f8", self.params.num_values + 2)
-        return arr[:-2], float(arr[-2]), int(round(arr[-1]))
+        return arr[:-2], float(arr[-2]), round(arr[-1])

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -16,7 +17,9 @@ VECTORS = [(1_000, 2.101, 1.838, 1.828), (10_000, 6.713, 6.198, 6.188)]
 
 
 @pytest.mark.parametrize(("steps", "rdp", "prv", "pld"), VECTORS)
-def test_accountants_match_published_vectors(steps: int, rdp: float, prv: float, pld: float) -> None:
+def test_accountants_match_published_vectors(
+    steps: int, rdp: float, prv: float, pld: float
+) -> None:
     h = [DpEvent(1.0, 0.01, steps)]
     assert opacus_epsilon(h, 1e-5, "rdp") == pytest.approx(rdp, abs=0.01)
     assert opacus_epsilon(h, 1e-5, "prv") == pytest.approx(prv, abs=0.02)
@@ -26,12 +29,14 @@ def test_accountants_match_published_vectors(steps: int, rdp: float, prv: float,
 def test_history_split_over_rounds_equals_one_block() -> None:
     split = [DpEvent(1.0, 0.01, 250)] * 4
     assert compress_history(split) == [DpEvent(1.0, 0.01, 1000)]
-    assert opacus_epsilon(split, 1e-5, "prv") == pytest.approx(opacus_epsilon([DpEvent(1.0, 0.01, 1000)], 1e-5, "prv"))
+    assert opacus_epsilon(split, 1e-5, "prv") == pytest.approx(
+        opacus_epsilon([DpEvent(1.0, 0.01, 1000)], 1e-5, "prv")
+    )
 
 
 def test_epsilon_is_cumulative_and_monotone() -> None:
     eps = [opacus_epsilon([DpEvent(1.1, 0.05, 40)] * r, 1e-5, "prv") for r in range(1, 5)]
-    assert all(b > a for a, b in zip(eps, eps[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(eps))
     assert opacus_epsilon([], 1e-5) == 0.0
 
 

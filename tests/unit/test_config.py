@@ -13,7 +13,15 @@ def test_builtin_default_matches_shipped_default_toml() -> None:
 
 
 def test_overrides_are_typed_and_applied() -> None:
-    cfg = load_config(None, ["rounds=3", "train.learning_rate=0.05", "encryption.scheme=ckks", "data.dataset=csv:/x.csv"])
+    cfg = load_config(
+        None,
+        [
+            "rounds=3",
+            "train.learning_rate=0.05",
+            "encryption.scheme=ckks",
+            "data.dataset=csv:/x.csv",
+        ],
+    )
     assert cfg.rounds == 3 and cfg.train.learning_rate == 0.05
     assert cfg.encryption.scheme == "ckks" and cfg.data.dataset == "csv:/x.csv"
 
@@ -36,7 +44,15 @@ def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
 
 def test_range_errors_are_all_listed() -> None:
     with pytest.raises(ConfigError) as ei:
-        load_config(None, ["rounds=0", "train.learning_rate=-1", "privacy.delta=2.0", "federation.fraction_train=0"])
+        load_config(
+            None,
+            [
+                "rounds=0",
+                "train.learning_rate=-1",
+                "privacy.delta=2.0",
+                "federation.fraction_train=0",
+            ],
+        )
     text = str(ei.value)
     for key in ("rounds", "train.learning_rate", "privacy.delta", "federation.fraction_train"):
         assert key in text

@@ -23,7 +23,13 @@ def test_state_round_trip_is_owner_only_and_cumulative(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["{not json", "[]", '{"version": 1}', '{"version": 1, "accountant": "prv", "delta": 1e-5, "history": [[1, 2, 3]]}', '{"version": 9}'],
+    [
+        "{not json",
+        "[]",
+        '{"version": 1}',
+        '{"version": 1, "accountant": "prv", "delta": 1e-5, "history": [[1, 2, 3]]}',
+        '{"version": 9}',
+    ],
 )
 def test_corrupt_state_stops_instead_of_resetting(tmp_path: Path, text: str) -> None:
     p = tmp_path / "privacy_state.json"

@@ -1,0 +1,370 @@
+"""Key holder (clients) and aggregator (server) for encrypted weighted FedAvg."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import struct
+import tempfile
+import threading
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from fedpriv.crypto import wire
+from fedpriv.crypto.bfv import BfvPublic, BfvSecret
+from fedpriv.crypto.ckks import CkksPublic, CkksSecret
+from fedpriv.crypto.params import KIND_AGGREGATE, KIND_UPDATE, HEParams
+from fedpriv.errors import CryptoError, WireError
+
+__all__ = [
+    "KEY_FILE_NAME",
+    "Aggregator",
+    "DecryptedAggregate",
+    "EncryptedUpdate",
+    "KeyHolder",
+    "server_context_bytes",
+    "stochastic_round",
+]
+
+KEY_FILE_NAME = "he_secret.fpkey"
+_KEY_MAGIC = b"FPHEKEY\x00"
+_KEY_VERSION = 1
+_U32 = struct.Struct(">I")
+_ANY_KIND = frozenset({KIND_UPDATE, KIND_AGGREGATE})
+_UPDATE_ONLY = frozenset({KIND_UPDATE})
+
+
+@dataclass(frozen=True)
+class EncryptedUpdate:
+    """One client's encrypted update and what encoding did to it."""
+
+    blob: bytes
+    clipped: int
+    """Number of values outside [-value_range, value_range] that were clipped."""
+    weight_used: int
+    """The weight actually encoded (min(weight, max_weight))."""
+    weight_capped: bool
+
+
+@dataclass(frozen=True)
+class DecryptedAggregate:
+    """A decrypted sum: sum_k w_k x_k, sum_k w_k and the number of summands."""
+
+    weighted_sum: np.ndarray
+    total_weight: int
+    count: int
+
+    def mean(self) -> np.ndarray:
+        """Weighted FedAvg mean (float64)."""
+        if self.total_weight <= 0:
+            raise ValueError("total weight is 0: the weighted mean is undefined")
+        return self.weighted_sum / self.total_weight
+
+
+def stochastic_round(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Round to a neighbouring integer with probabilities that make the result unbiased."""
+    floor = np.floor(v)
+    return (floor + (rng.random(v.shape) < (v - floor))).astype(np.int64)
+
+
+def _public(params: HEParams) -> BfvPublic | CkksPublic:
+    return BfvPublic(params) if params.scheme == "bfv" else CkksPublic(params)
+
+
+def server_context_bytes(params: HEParams) -> bytes:
+    """Everything the server holds besides ``params``: serialized parameters, no key."""
+    return _public(params).context_bytes()
+
+
+def _no_pickle(obj: object) -> NoReturn:
+    raise TypeError(f"{type(obj).__name__} cannot be pickled; use its bytes/save methods")
+
+
+class KeyHolder:
+    """A client's HE secret: encrypts updates and decrypts aggregates.
+
+    Every client of a federation holds the same secret key; the server never does. A server
+    colluding with one client can therefore read every individual update (shared-key design).
+    """
+
+    def __init__(self, params: HEParams, secret: bytes | None = None) -> None:
+        self._params = params
+        self._backend: BfvSecret | CkksSecret = (
+            BfvSecret(params, secret) if params.scheme == "bfv" else CkksSecret(params, secret)
+        )
+
+    @classmethod
+    def generate(cls, params: HEParams) -> KeyHolder:
+        """Make a fresh secret key for ``params``."""
+        return cls(params)
+
+    @property
+    def params(self) -> HEParams:
+        return self._params
+
+    def secret_key_bytes(self) -> bytes:
+        """The raw serialized SEAL secret key (for tests that look for leaks)."""
+        return self._backend.secret_key_bytes()
+
+    def __reduce__(self) -> NoReturn:
+        _no_pickle(self)
+
+    # ------------------------------------------------------------------ encryption
+    def encrypt(self, values: np.ndarray, weight: int) -> EncryptedUpdate:
+        """Encrypt ``[w*clip(x), w, 1]`` as an update blob.
+
+        Parameters
+        ----------
+        values : ndarray
+            The flattened model (any shape with ``num_values`` elements, any real dtype).
+        weight : int
+            The client's example count; capped at ``max_weight`` (reported, never silent).
+
+        Raises
+        ------
+        ValueError
+            Wrong number of values, NaN values, or a negative weight.
+        """
+        p = self._params
+        x = np.asarray(values)
+        if x.dtype.kind not in "fiu":
+            raise ValueError(f"values must be real numbers, got dtype {x.dtype}")
+        x = x.astype(np.float64, copy=False).reshape(-1)
+        if x.size != p.num_values:
+            raise ValueError(f"expected {p.num_values} values, got {x.size}")
+        if np.isnan(x).any():
+            raise ValueError("values contain NaN")
+        if not isinstance(weight, (int, np.integer)) or isinstance(weight, bool):
+            raise ValueError(f"weight must be an integer, got {weight!r}")
+        if weight < 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        w = min(int(weight), p.max_weight)
+        r = p.value_range
+        clipped = int(np.count_nonzero(np.abs(x) > r))
+        xc = np.clip(x, -r, r)
+        nv = p.num_values
+        if p.scheme == "bfv":
+            slots = np.zeros(p.num_ciphertexts * p.slots_per_ciphertext, dtype=np.int64)
+            # Quantize the product w*x (not x): the weight multiplies precision, not error.
+            rng = np.random.default_rng(secrets.randbits(128))
+            slots[:nv] = stochastic_round(xc * (p.quant_scale * w), rng)
+        else:
+            slots = np.zeros(p.num_slots, dtype=np.float64)
+            slots[:nv] = xc * w
+        slots[nv] = w
+        slots[nv + 1] = 1
+        blob = wire.pack(p, KIND_UPDATE, self._backend.encrypt(slots))
+        return EncryptedUpdate(blob, clipped, w, w != weight)
+
+    # ------------------------------------------------------------------ decryption
+    def decrypt(self, blob: bytes) -> DecryptedAggregate:
+        """Validate and decrypt an aggregate (or a single update) blob.
+
+        Raises
+        ------
+        WireError
+            The blob is malformed or made for other parameters.
+        CryptoError
+            The plaintext fails its sanity checks (wrong key, a summand that no key holder
+            produced, or an overflow).
+        """
+        p = self._params
+        kind, entries = wire.unpack(blob, p, _ANY_KIND)
+        public = self._backend.public
+        cts = [public.load(e, kind, i) for i, e in enumerate(entries)]
+        slots = self._backend.decrypt(cts)
+        nv = p.num_values
+        if isinstance(self._backend, BfvSecret):
+            ints = slots
+            count, total = int(ints[nv + 1]), int(ints[nv])
+            limit = count * (p.quant_scale * p.max_weight * p.value_range + 1)
+            if np.any(ints[nv + 2 :] != 0) or (count >= 1 and np.abs(ints[:nv]).max() > limit):
+                raise CryptoError("aggregate out of range: wrong key or a malformed summand")
+            weighted = ints[:nv].astype(np.float64) / p.quant_scale
+        else:
+            tf, cf = float(slots[nv]), float(slots[nv + 1])
+            total, count = round(tf), round(cf)
+            if abs(tf - total) > 0.25 or abs(cf - count) > 0.25:
+                raise CryptoError("CKKS weight/count slots are not integers: wrong key or noise")
+            weighted = slots[:nv].astype(np.float64)
+        if not 1 <= count <= p.max_clients or not 0 <= total <= count * p.max_weight:
+            raise CryptoError(
+                f"aggregate fails sanity checks (count {count}, total weight {total}): "
+                "wrong key or corrupted aggregate"
+            )
+        return DecryptedAggregate(weighted, total, count)
+
+    # ------------------------------------------------------------------ persistence
+    def to_bytes(self) -> bytes:
+        """Serialize params and secret (integrity-checked, not encrypted: protect it)."""
+        b = self._backend
+        secret = b.secret_context_bytes() if isinstance(b, CkksSecret) else b.secret_key_bytes()
+        meta = self._params.to_json().encode()
+        body = b"".join(
+            [
+                _KEY_MAGIC,
+                bytes([_KEY_VERSION]),
+                _U32.pack(len(meta)),
+                meta,
+                _U32.pack(len(secret)),
+                secret,
+            ]
+        )
+        return body + sha256(body).digest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> KeyHolder:
+        """Inverse of :meth:`to_bytes`; raises :class:`CryptoError` on any inconsistency."""
+        head = len(_KEY_MAGIC) + 1
+        if len(data) < head + 8 + 32 or data[: len(_KEY_MAGIC)] != _KEY_MAGIC:
+            raise CryptoError("not a fedpriv HE key file")
+        if data[len(_KEY_MAGIC)] != _KEY_VERSION:
+            raise CryptoError(f"unsupported key file version {data[len(_KEY_MAGIC)]}")
+        body, digest = data[:-32], data[-32:]
+        if sha256(body).digest() != digest:
+            raise CryptoError("key file is corrupted (digest mismatch)")
+        off = head
+        (n,) = _U32.unpack_from(body, off)
+        off += 4
+        meta = body[off : off + n]
+        off += n
+        if off + 4 > len(body):
+            raise CryptoError("key file is truncated")
+        (m,) = _U32.unpack_from(body, off)
+        off += 4
+        secret = body[off : off + m]
+        if off + m != len(body) or len(meta) != n:
+            raise CryptoError("key file has inconsistent lengths")
+        try:
+            params = HEParams.from_json(meta)
+        except WireError as e:
+            raise CryptoError(f"key file parameters are invalid: {e}") from None
+        return cls(params, secret)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the key (file mode 0600, atomically). A directory gets ``he_secret.fpkey``."""
+        target = Path(path)
+        if target.is_dir():
+            target = target / KEY_FILE_NAME
+        data = self.to_bytes()
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> KeyHolder:
+        """Read a key written by :meth:`save`; refuses files readable by group or others."""
+        target = Path(path)
+        if target.is_dir():
+            target = target / KEY_FILE_NAME
+        try:
+            st = target.stat()
+            if os.name == "posix" and st.st_mode & 0o077:
+                raise CryptoError(
+                    f"key file {target} is accessible by other users "
+                    f"(mode {st.st_mode & 0o777:o}); run: chmod 600 {target}"
+                )
+            data = target.read_bytes()
+        except OSError as e:
+            raise CryptoError(f"cannot read key file {target}: {e}") from None
+        return cls.from_bytes(data)
+
+
+class Aggregator:
+    """The server side: validates update blobs and sums them, one at a time, under encryption.
+
+    Built from public parameters only, it holds no key and cannot decrypt. Each ``add`` fully
+    validates its blob before touching the running sum, so a refused blob changes nothing.
+    """
+
+    def __init__(self, params: HEParams) -> None:
+        self._params = params
+        self._public = _public(params)
+        self._fp = params.fingerprint_bytes()
+        self._lock = threading.Lock()
+        self._sum: list[Any] | None = None
+        self._count = 0
+        self._broken = False
+
+    @property
+    def params(self) -> HEParams:
+        return self._params
+
+    @property
+    def count(self) -> int:
+        """Number of accepted updates in the running sum."""
+        return self._count
+
+    def context_bytes(self) -> bytes:
+        return self._public.context_bytes()
+
+    def __reduce__(self) -> NoReturn:
+        _no_pickle(self)
+
+    def _load(self, blob: bytes) -> list[Any]:
+        kind, entries = wire.unpack(blob, self._params, _UPDATE_ONLY, self._fp)
+        return [self._public.load(e, kind, i) for i, e in enumerate(entries)]
+
+    def validate(self, blob: bytes) -> None:
+        """Check an update blob completely without adding it. Raises :class:`WireError`."""
+        self._load(blob)
+
+    def add(self, blob: bytes) -> None:
+        """Validate ``blob`` and add it to the running sum.
+
+        Raises
+        ------
+        WireError
+            The blob is invalid, or ``max_clients`` updates were already added.
+        """
+        with self._lock:
+            if self._broken:
+                raise CryptoError("aggregator is in a failed state; reset() it")
+            if self._count >= self._params.max_clients:
+                raise WireError(
+                    f"too many summands: already {self._count} = max_clients; "
+                    "more would overflow the plaintext range"
+                )
+            cts = self._load(blob)
+            try:
+                if self._sum is None:
+                    self._sum = cts
+                else:
+                    for acc, ct in zip(self._sum, cts, strict=True):
+                        self._public.add_inplace(acc, ct)
+            except Exception as e:  # never expected after validation; do not keep a half sum
+                self._broken = True
+                raise CryptoError(f"homomorphic addition failed: {e}") from e
+            self._count += 1
+
+    def result(self) -> bytes:
+        """The aggregate blob that key holders decrypt."""
+        with self._lock:
+            if self._broken:
+                raise CryptoError("aggregator is in a failed state; reset() it")
+            if self._sum is None:
+                raise WireError("no update has been accepted: nothing to aggregate")
+            return wire.pack(
+                self._params, KIND_AGGREGATE, [self._public.dump(c) for c in self._sum]
+            )
+
+    def reset(self) -> None:
+        """Forget the running sum (start a new round)."""
+        with self._lock:
+            self._sum = None
+            self._count = 0
+            self._broken = False

@@ -1,0 +1,472 @@
+"""Public homomorphic-encryption parameters and the rule that chooses them.
+
+Everything here is public: the server, every client and the privacy report may see it.
+
+Noise rule (BFV)
+----------------
+Measured with ``Decryptor.invariant_noise_budget`` on seeded symmetric BFV ciphertexts with
+full-range random plaintexts (TenSEAL 0.3.18 / SEAL 4.1, N = 2048 ... 16384, one to two primes):
+
+* a fresh ciphertext has ``q_bits - t_bits - 5`` bits of budget, for every N tried;
+* summing K ciphertexts cost about half a bit per doubling of K (noise adds like a random walk):
+  q=32, t=20 bits: 7, 5, 4, 2 bits left for K = 1, 10, 100, 1000.
+
+The rule keeps the worst case (noise growing linearly, a full bit per doubling) with room to spare::
+
+    t_bits <= q_bits - FRESH_NOISE_BITS - ceil(log2 K) - NOISE_MARGIN_BITS
+
+with ``FRESH_NOISE_BITS = 6`` (the measured 5 plus one for the budget being reported rounded down)
+and ``NOISE_MARGIN_BITS = 2``. ``tests/unit/test_crypto_params.py`` checks it against SEAL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from hashlib import sha256
+from typing import Any, Literal
+
+from fedpriv.errors import ConfigError, CryptoError, WireError
+
+__all__ = [
+    "BFV_Q_CANDIDATES",
+    "FRESH_NOISE_BITS",
+    "MAX_PLAIN_BITS",
+    "MIN_QUANT_SCALE",
+    "NOISE_MARGIN_BITS",
+    "HEParams",
+    "choose_params",
+    "max_plain_bits",
+    "quant_scale_for",
+]
+
+Scheme = Literal["bfv", "ckks"]
+
+FORMAT = "fedpriv.crypto.HEParams/1"
+BFV_Q_CANDIDATES = (32, 40, 48, 56, 60)
+BFV_DEFAULT_N = 4096
+CKKS_DEFAULT_N = 8192
+CKKS_DEFAULT_BITS = (60, 40, 40, 60)
+FRESH_NOISE_BITS = 6
+NOISE_MARGIN_BITS = 2
+MIN_QUANT_SCALE = 16
+# Products s*w*x are formed in float64: below 2**50 they stay exact to 1/8 of a quantization step.
+MAX_PLAIN_BITS = 50
+# CKKS: bits kept free above the largest encoded value (coefficients may exceed slot values).
+CKKS_HEADROOM_BITS = 4
+
+_MAX_NUM_VALUES = 2**31 - 1
+_MAX_CLIENTS = 2**20
+_MAX_WEIGHT = 2**40
+_MAX_VALUE_RANGE = 2.0**20
+
+# Wire sizes, used for bounds (see fedpriv.crypto.wire).
+WIRE_HEADER_BYTES = 4 + 1 + 1 + 1 + 32 + 4
+WIRE_DIGEST_BYTES = 32
+KIND_UPDATE = 1
+KIND_AGGREGATE = 2
+
+
+def max_plain_bits(q_data_bits: int, max_clients: int) -> int:
+    """Largest plaintext-modulus bit size the noise rule allows for ``max_clients`` summands."""
+    growth = math.ceil(math.log2(max_clients)) if max_clients > 1 else 0
+    return min(MAX_PLAIN_BITS, q_data_bits - FRESH_NOISE_BITS - growth - NOISE_MARGIN_BITS)
+
+
+def quant_scale_for(
+    plain_modulus: int, max_clients: int, max_weight: int, value_range: float
+) -> int:
+    """Largest scale s with ``K*M*R*s + K < t/2``: the sum of K rounded products cannot wrap mod t."""
+    room = plain_modulus // 2 - max_clients - 1
+    if room <= 0:
+        return 0
+    return max(0, math.floor(room / (max_clients * max_weight * value_range)))
+
+
+def _zstd_bound(raw: int) -> int:
+    # zstd never expands by more than ~1/256 plus a few bytes; SEAL adds a 16-byte header.
+    return raw + raw // 128 + 1024
+
+
+def _is_prime(n: int) -> bool:
+    """Deterministic Miller-Rabin for n < 3.3e24 (enough for a 60-bit modulus)."""
+    if n < 2:
+        return False
+    small = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
+    for p in small:
+        if n % p == 0:
+            return n == p
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d //= 2
+        r += 1
+    for a in small:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = pow(x, 2, n)
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class HEParams:
+    """Public parameters of one encrypted-aggregation setup.
+
+    Attributes
+    ----------
+    scheme : {"bfv", "ckks"}
+    poly_modulus_degree : int
+        Ring degree N (BFV packs N values per ciphertext, CKKS N/2).
+    coeff_modulus_bits : tuple of int
+        Bit sizes of the ciphertext primes. With more than one prime the last is SEAL's
+        key-switching prime and carries no data.
+    plain_modulus : int
+        BFV plaintext modulus t (a batching prime); 0 for CKKS.
+    scale_bits : int
+        CKKS scale 2**scale_bits; 0 for BFV.
+    num_values : int
+        Length of the flattened model vector.
+    max_clients : int
+        K, the largest number of updates summed into one aggregate.
+    max_weight : int
+        M, the public cap on a client's weight (example count).
+    value_range : float
+        R: values are clipped to [-R, R] before encoding.
+    quant_scale : float
+        BFV scale s applied to w*x before rounding; 0.0 for CKKS.
+    """
+
+    scheme: Scheme
+    poly_modulus_degree: int
+    coeff_modulus_bits: tuple[int, ...]
+    plain_modulus: int
+    scale_bits: int
+    num_values: int
+    max_clients: int
+    max_weight: int
+    value_range: float
+    quant_scale: float
+
+    def __post_init__(self) -> None:
+        problems = self._problems()
+        if problems:
+            raise CryptoError("invalid HE parameters: " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ validation
+    def _problems(self) -> list[str]:
+        p: list[str] = []
+
+        def is_int(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if self.scheme not in ("bfv", "ckks"):
+            return [f"scheme must be 'bfv' or 'ckks', got {self.scheme!r}"]
+        n = self.poly_modulus_degree
+        if not is_int(n) or n < 1024 or n > 32768 or n & (n - 1):
+            return [f"poly_modulus_degree must be a power of two in 1024..32768, got {n!r}"]
+        bits = self.coeff_modulus_bits
+        if (
+            not isinstance(bits, tuple)
+            or not bits
+            or len(bits) > 16
+            or not all(is_int(b) and 17 <= b <= 60 for b in bits)
+        ):
+            return [f"coeff_modulus_bits must be 1..16 integers in 17..60, got {bits!r}"]
+        for name, lo, hi in (
+            ("num_values", 1, _MAX_NUM_VALUES),
+            ("max_clients", 1, _MAX_CLIENTS),
+            ("max_weight", 1, _MAX_WEIGHT),
+        ):
+            v = getattr(self, name)
+            if not is_int(v) or not lo <= v <= hi:
+                p.append(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+        r = self.value_range
+        if not isinstance(r, float) or not math.isfinite(r) or not 0 < r <= _MAX_VALUE_RANGE:
+            p.append(f"value_range must be a float in (0, {_MAX_VALUE_RANGE}], got {r!r}")
+        if not is_int(self.plain_modulus) or not is_int(self.scale_bits):
+            p.append("plain_modulus and scale_bits must be integers")
+        if not isinstance(self.quant_scale, float):
+            p.append(f"quant_scale must be a float, got {self.quant_scale!r}")
+        if p:
+            return p
+        if self.scheme == "ckks":
+            if self.plain_modulus != 0 or self.quant_scale != 0.0:
+                p.append("ckks parameters must have plain_modulus 0 and quant_scale 0.0")
+            if len(bits) < 2:
+                p.append("ckks needs at least two primes (data primes + special prime)")
+            elif not 20 <= self.scale_bits <= 60:
+                p.append(f"scale_bits must be in 20..60, got {self.scale_bits}")
+            else:
+                need = self.scale_bits + _ckks_value_bits(self) + CKKS_HEADROOM_BITS
+                if need > sum(bits[:-1]):
+                    p.append(
+                        f"ckks values need {need} bits but the data primes give {sum(bits[:-1])}"
+                    )
+            return p
+        # BFV
+        t = self.plain_modulus
+        if self.scale_bits != 0:
+            p.append("bfv parameters must have scale_bits 0")
+        if not (_is_prime(t) and (t - 1) % (2 * n) == 0):
+            p.append(f"plain_modulus {t} is not a batching prime (prime, 1 mod 2N)")
+            return p
+        allowed = max_plain_bits(self.data_bits, self.max_clients)
+        if t.bit_length() > allowed:
+            p.append(
+                f"plain_modulus has {t.bit_length()} bits, above the {allowed} the noise rule "
+                f"allows for {self.data_bits}-bit q and {self.max_clients} summands"
+            )
+        s = quant_scale_for(t, self.max_clients, self.max_weight, self.value_range)
+        if self.quant_scale != float(s):
+            p.append(f"quant_scale {self.quant_scale} does not match the derived scale {s}")
+        elif s < MIN_QUANT_SCALE:
+            p.append(f"quant_scale {s} is below the minimum {MIN_QUANT_SCALE}")
+        return p
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def data_bits(self) -> int:
+        """Bits of the modulus that carries data (all primes but SEAL's special one)."""
+        bits = self.coeff_modulus_bits
+        return bits[0] if len(bits) == 1 else sum(bits[:-1])
+
+    @property
+    def data_primes(self) -> int:
+        """Number of primes in a data-level ciphertext."""
+        return max(1, len(self.coeff_modulus_bits) - 1)
+
+    @property
+    def slots_per_ciphertext(self) -> int:
+        return self.poly_modulus_degree if self.scheme == "bfv" else self.poly_modulus_degree // 2
+
+    @property
+    def num_slots(self) -> int:
+        """Encoded vector length: the values, then the weight slot, then the count slot."""
+        return self.num_values + 2
+
+    @property
+    def num_ciphertexts(self) -> int:
+        return -(-self.num_slots // self.slots_per_ciphertext)
+
+    def chunk_lengths(self) -> list[int]:
+        """Slots used in each ciphertext (CKKS vectors carry exactly these lengths)."""
+        per, total = self.slots_per_ciphertext, self.num_slots
+        return [min(per, total - i) for i in range(0, total, per)]
+
+    def max_entry_bytes(self, kind: int) -> int:
+        """Largest valid serialized ciphertext for an update (kind 1) or aggregate (kind 2)."""
+        poly = self.poly_modulus_degree * self.data_primes * 8
+        if self.scheme == "bfv" and kind == KIND_UPDATE:
+            # Seeded symmetric ciphertexts store one polynomial and a seed.
+            return _zstd_bound(poly + 512)
+        return _zstd_bound(2 * poly + 1024)
+
+    def max_blob_bytes_for(self, kind: int) -> int:
+        per = 4 + self.max_entry_bytes(kind)
+        return WIRE_HEADER_BYTES + self.num_ciphertexts * per + WIRE_DIGEST_BYTES
+
+    @property
+    def max_blob_bytes(self) -> int:
+        """Upper bound on the size of a valid client update blob."""
+        return self.max_blob_bytes_for(KIND_UPDATE)
+
+    def error_bound(self, total_weight: int, count: int | None = None) -> float:
+        """Largest absolute error per coordinate of the decrypted weighted mean.
+
+        Parameters
+        ----------
+        total_weight : int
+            Sum of the (capped) weights of the summed updates.
+        count : int, optional
+            Number of summed updates; ``max_clients`` when not given.
+
+        Notes
+        -----
+        BFV: each summand's stochastic rounding moves s*w*x by less than one unit (plus float64
+        rounding below 1/16 unit), so the sum is off by < 1.1*count/s and the mean by that over
+        ``total_weight``. The bound excludes clipping, which is counted separately.
+
+        CKKS: empirical. Measured worst per-summand slot error was about 1300 * 2**-scale_bits
+        (N = 4096...16384, scale 2**20...2**50, values up to 4000); the bound allows 2**13 * 2**-scale_bits
+        per summand (grown with N above 8192) plus float64 rounding relative to M*R.
+        """
+        if total_weight <= 0:
+            return math.inf
+        k = self.max_clients if count is None else count
+        if self.scheme == "bfv":
+            return 1.1 * k / (self.quant_scale * total_weight) + 1e-12 * self.value_range
+        per = 2.0 ** (13 - self.scale_bits) * max(1.0, self.poly_modulus_degree / 8192)
+        per += self.max_weight * self.value_range * 2.0**-40
+        return k * per / total_weight
+
+    # ------------------------------------------------------------------ (de)serialization
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["coeff_modulus_bits"] = list(self.coeff_modulus_bits)
+        d["format"] = FORMAT
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def fingerprint_bytes(self) -> bytes:
+        """SHA-256 of the canonical JSON; identifies the parameters on the wire."""
+        return sha256(self.to_json().encode()).digest()
+
+    def fingerprint(self) -> str:
+        return self.fingerprint_bytes().hex()
+
+    @classmethod
+    def from_dict(cls, d: Any) -> HEParams:
+        """Build from untrusted data; every field is checked. Raises :class:`WireError`."""
+        if not isinstance(d, dict):
+            raise WireError("HE parameters must be a JSON object")
+        names = {f.name for f in fields(cls)}
+        if set(d) != names | {"format"}:
+            missing, extra = sorted(names - set(d)), sorted(set(d) - names - {"format"})
+            raise WireError(f"HE parameters: missing fields {missing}, unknown fields {extra}")
+        if d["format"] != FORMAT:
+            raise WireError(f"HE parameters: unsupported format {d['format']!r}")
+        kw = {k: d[k] for k in names}
+        bits = kw["coeff_modulus_bits"]
+        if not isinstance(bits, list):
+            raise WireError("HE parameters: coeff_modulus_bits must be a list")
+        kw["coeff_modulus_bits"] = tuple(bits)
+        for name in ("value_range", "quant_scale"):
+            v = kw[name]
+            if isinstance(v, int) and not isinstance(v, bool):
+                kw[name] = float(v)
+        try:
+            return cls(**kw)
+        except CryptoError as e:
+            raise WireError(str(e)) from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> HEParams:
+        try:
+            d = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise WireError(f"HE parameters: not JSON ({e})") from None
+        return cls.from_dict(d)
+
+
+def _ckks_value_bits(p: HEParams) -> int:
+    """Bits of the largest possible CKKS sum slot: K*M*R (values) or K*M + K (weight, count)."""
+    biggest = p.max_clients * p.max_weight * max(p.value_range, 1.0) + p.max_clients
+    return max(1, math.ceil(math.log2(biggest)))
+
+
+def choose_params(
+    scheme: str,
+    num_values: int,
+    max_clients: int,
+    max_weight: int,
+    value_range: float,
+    poly_modulus_degree: int = 0,
+    coeff_modulus_bits: tuple[int, ...] = (),
+    scale_bits: int = 40,
+    min_quant_scale: int = MIN_QUANT_SCALE,
+) -> HEParams:
+    """Choose parameters that sum ``max_clients`` updates without overflow or decryption failure.
+
+    BFV: N = 4096 unless given; the smallest q in ``BFV_Q_CANDIDATES`` (or the given primes)
+    whose noise rule leaves a plaintext modulus t large enough for a quantization scale >= 16.
+    t is the largest batching prime the rule allows, which maximizes the scale (precision).
+
+    CKKS: N = 8192 and primes (60, 40, 40, 60) unless given, scale 2**scale_bits.
+
+    ``min_quant_scale`` (BFV) trades upload size for precision: the mean's error is at most
+    about ``count / (s * total_weight)``, so raise it when weights are far below ``max_weight``.
+
+    Raises
+    ------
+    ConfigError
+        When the inputs are invalid or no parameter set can hold the sum; the message says
+        which quantity overflowed and what to change.
+    """
+    errs: list[str] = []
+    if scheme not in ("bfv", "ckks"):
+        errs.append(f"encryption.scheme: must be 'bfv' or 'ckks', got {scheme!r}")
+    for name, v in (("num_values", num_values), ("max_clients", max_clients)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            errs.append(f"{name}: must be an integer >= 1, got {v!r}")
+    if not isinstance(max_weight, int) or isinstance(max_weight, bool) or max_weight < 1:
+        errs.append(
+            f"encryption.max_examples_per_client: the weight cap must be >= 1, got {max_weight!r}"
+        )
+    if not isinstance(value_range, (int, float)) or not 0 < value_range < math.inf:
+        errs.append(f"encryption.value_range: must be > 0 and finite, got {value_range!r}")
+    if not isinstance(min_quant_scale, int) or min_quant_scale < MIN_QUANT_SCALE:
+        errs.append(f"min_quant_scale: must be an integer >= {MIN_QUANT_SCALE}")
+    if errs:
+        raise ConfigError(errs)
+    r = float(value_range)
+    bits_in = tuple(int(b) for b in coeff_modulus_bits)
+    if scheme == "ckks":
+        n = poly_modulus_degree or CKKS_DEFAULT_N
+        bits = bits_in or CKKS_DEFAULT_BITS
+        try:
+            params = HEParams(
+                "ckks", n, bits, 0, scale_bits, num_values, max_clients, max_weight, r, 0.0
+            )
+        except CryptoError as e:
+            raise ConfigError(
+                f"encryption: {e}; max_clients x max_weight x value_range = "
+                f"{max_clients} x {max_weight} x {r:g} with scale 2^{scale_bits}. Lower "
+                "encryption.max_examples_per_client or value_range, use fewer clients per "
+                "round, lower encryption.ckks_scale_bits, or add coefficient-modulus bits"
+            ) from None
+        from fedpriv.crypto.ckks import seal_params_error as ckks_error  # ckks imports us
+
+        reason = ckks_error(params)
+        if reason:
+            raise ConfigError(
+                f"encryption: CKKS N={n} primes {list(bits)} rejected by SEAL: {reason}"
+            )
+        return params
+
+    # Imported here because the backends import this module.
+    from fedpriv.crypto.bfv import batching_prime, seal_params_error
+
+    n = poly_modulus_degree or BFV_DEFAULT_N
+    candidates = [bits_in] if bits_in else [(q,) for q in BFV_Q_CANDIDATES]
+    span = max_clients * max_weight * r
+    need_t_bits = math.ceil(math.log2(2 * (min_quant_scale * span + max_clients + 2)))
+    tried: list[str] = []
+    for bits in candidates:
+        q = bits[0] if len(bits) == 1 else sum(bits[:-1])
+        tb = max_plain_bits(q, max_clients)
+        if tb < need_t_bits:
+            tried.append(f"q={q} bits allows t of {tb} bits")
+            continue
+        try:
+            t = batching_prime(n, tb)
+        except ValueError as e:
+            tried.append(f"q={q}: {e}")
+            continue
+        reason = seal_params_error(n, bits, t)
+        if reason:
+            tried.append(f"q={q} ({list(bits)}): {reason}")
+            continue
+        s = quant_scale_for(t, max_clients, max_weight, r)
+        if s < min_quant_scale:
+            tried.append(f"q={q} gives quantization scale {s} < {min_quant_scale}")
+            continue
+        try:
+            return HEParams("bfv", n, bits, t, 0, num_values, max_clients, max_weight, r, float(s))
+        except CryptoError as e:
+            raise ConfigError(f"encryption: {e}") from None
+    raise ConfigError(
+        f"encryption: max_clients x max_weight x value_range = {max_clients} x {max_weight} x "
+        f"{r:g} = {span:.4g} needs a {need_t_bits}-bit BFV plaintext modulus (scale >= "
+        f"{min_quant_scale}) but with N={n} the noise budget after {max_clients} additions allows "
+        f"less ({'; '.join(tried)}). Lower encryption.max_examples_per_client or value_range, "
+        "or use fewer clients per round (or set larger encryption.coeff_modulus_bits / "
+        "poly_modulus_degree)"
+    )
