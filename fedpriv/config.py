@@ -65,6 +65,8 @@ class DataConfig:
 class FederationConfig:
     num_clients: int = 10
     fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    """Share of all clients asked to evaluate the global model on their local test split."""
     min_train_clients: int = 0
     """Minimum replies for a round to count (0 = the number sampled)."""
     round_timeout_s: float = 600.0
@@ -251,6 +253,10 @@ def _check(cfg: RunConfig) -> list[str]:
     need(
         0.0 < f.fraction_train <= 1.0,
         f"federation.fraction_train: must be in (0, 1], got {f.fraction_train}",
+    )
+    need(
+        0.0 <= f.fraction_evaluate <= 1.0,
+        f"federation.fraction_evaluate: must be in [0, 1], got {f.fraction_evaluate}",
     )
     need(f.min_train_clients >= 0, "federation.min_train_clients: must be >= 0")
     need(

@@ -78,6 +78,7 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
         json.dumps(config_to_dict(cfg), sort_keys=True),
         num_clients=cfg.federation.num_clients,
         fraction_train=cfg.federation.fraction_train,
+        fraction_evaluate=cfg.federation.fraction_evaluate,
         min_train_clients=cfg.federation.min_train_clients,
         round_timeout=cfg.federation.round_timeout_s,
         seed=cfg.seed,

@@ -87,6 +87,7 @@ class EncryptedFedAvg(Strategy):
         *,
         num_clients: int,
         fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
         min_train_clients: int = 0,
         round_timeout: float = 600.0,
         seed: int = 0,
@@ -97,6 +98,7 @@ class EncryptedFedAvg(Strategy):
         self.config_json = config_json
         self.num_clients = num_clients
         self.sample_size = max(1, round(fraction_train * num_clients))
+        self.eval_size = round(fraction_evaluate * num_clients)
         # Default: half of the sampled clients must deliver, so one crashing or malicious
         # client cannot stop a round; clients that refused for budget reasons are not counted.
         self.min_train = min_train_clients or max(1, -(-self.sample_size // 2))
@@ -221,9 +223,10 @@ class EncryptedFedAvg(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        if self.global_blob is None:
+        if self.global_blob is None or self.eval_size == 0:
             return []
         nodes = sorted(grid.get_node_ids())
+        nodes = sorted(self._rng.sample(nodes, min(self.eval_size, len(nodes))))
         content = build_instruction(self._instruction(server_round))
         return [
             Message(content=content, dst_node_id=n, message_type=MessageType.EVALUATE)
