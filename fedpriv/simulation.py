@@ -120,15 +120,21 @@ def simulate(
     out: Path | None = None,
     *,
     progress: Callable[[Any], None] | None = None,
+    engine: str = "python",
+    project_dir: Path | None = None,
 ) -> SimulationResult:
-    """Run ``cfg`` in simulation and return where its outputs went."""
-    from flwr.simulation import run_simulation
+    """Run ``cfg`` in simulation and return where its outputs went.
 
-    from fedpriv.apps import ClientSettings, ServerSettings, make_client_app, make_server_app
+    ``engine="python"`` drives Flower's simulation engine in-process (``run_simulation``);
+    ``engine="flwr"`` submits the project's ``server/`` and ``clients/`` apps with ``flwr run``
+    to a private local SuperLink (see :mod:`fedpriv.flwr_run`). Both write the same run folder.
+    """
     from fedpriv.data import load_dataset
     from fedpriv.keys import deal_keys
     from fedpriv.models import build_model, num_params
 
+    if engine not in ("python", "flwr"):
+        raise FedprivError(f"unknown engine {engine!r} (use 'python' or 'flwr')")
     t_start = time.perf_counter()
     root = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
     if root.exists() and any(root.iterdir()):
@@ -148,6 +154,52 @@ def simulate(
     model = build_model(cfg.train.model, train.input_shape, train.num_classes, seed=cfg.seed)
     max_weight = cfg.encryption.max_examples_per_client or max(sizes)
     deal_keys(cfg, num_values=num_params(model), max_weight=max_weight, out=rd.keys)
+    try:
+        if engine == "python":
+            _run_python_engine(cfg, rd, progress)
+        else:
+            from fedpriv.flwr_run import flwr_run_local
+
+            flwr_run_local(
+                _project_dir(project_dir),
+                config_path=rd.root / "config.toml",
+                keys_dir=rd.keys,
+                run_dir=rd.root,
+                num_supernodes=cfg.federation.num_clients,
+            )
+    finally:
+        _shutdown_ray()
+    if not rd.metrics.exists():
+        raise RunFailedError(
+            "simulation finished without writing metrics (the ServerApp did not run)"
+        )
+    _evaluate_rounds(cfg, rd, test, train.input_shape, train.num_classes)
+    doc = rd.read_metrics()
+    doc["partition_sizes"] = sizes
+    doc["engine"] = engine
+    doc["wall_seconds"] = time.perf_counter() - t_start
+    from fedpriv.privacy.state import atomic_write_text
+
+    atomic_write_text(rd.metrics, json.dumps(doc, indent=2, sort_keys=True), mode=0o644)
+    return SimulationResult(rd.root, doc, doc["wall_seconds"])
+
+
+def _project_dir(given: Path | None) -> Path:
+    """The folder holding pyproject.toml with the Flower app table (server/ and clients/)."""
+    cand = given or Path(__file__).resolve().parents[1]
+    if not ((cand / "pyproject.toml").exists() and (cand / "server" / "app.py").exists()):
+        raise FedprivError(
+            f"{cand}: not the fedpriv project folder (pyproject.toml, server/, clients/); "
+            "pass --project DIR to use the `flwr` engine"
+        )
+    return cand
+
+
+def _run_python_engine(cfg: RunConfig, rd: RunDir, progress: Callable[[Any], None] | None) -> None:
+    from flwr.simulation import run_simulation
+
+    from fedpriv.apps import ClientSettings, ServerSettings, make_client_app, make_server_app
+
     server_app = make_server_app(
         ServerSettings(cfg, rd.root, rd.server_params, progress=progress, node_wait_timeout=120.0)
     )
@@ -165,20 +217,6 @@ def simulate(
         raise
     except Exception as exc:
         raise RunFailedError(f"simulation failed: {exc}") from exc
-    finally:
-        _shutdown_ray()
-    if not rd.metrics.exists():
-        raise RunFailedError(
-            "simulation finished without writing metrics (the ServerApp did not run)"
-        )
-    _evaluate_rounds(cfg, rd, test, train.input_shape, train.num_classes)
-    doc = rd.read_metrics()
-    doc["partition_sizes"] = sizes
-    doc["wall_seconds"] = time.perf_counter() - t_start
-    from fedpriv.privacy.state import atomic_write_text
-
-    atomic_write_text(rd.metrics, json.dumps(doc, indent=2, sort_keys=True), mode=0o644)
-    return SimulationResult(rd.root, doc, doc["wall_seconds"])
 
 
 def _shutdown_ray() -> None:

@@ -53,7 +53,11 @@ class ClientSettings:
     @classmethod
     def from_context(cls, context: Context) -> ClientSettings:
         nc, rc = context.node_config, context.run_config
-        key_dir = str(nc.get("keys-dir", "") or rc.get("keys-dir", "") or "")
+        # node config: this client's own key folder; run config: the dealer's output folder
+        # (simulation via `flwr run`), whose client/ part every virtual client shares.
+        key_dir = str(nc.get("keys-dir", "") or "")
+        if not key_dir and rc.get("keys-dir", ""):
+            key_dir = str(Path(str(rc["keys-dir"])) / "client")
         if not key_dir:
             raise ConfigError(
                 "client: no key directory; set node config 'keys-dir' or run config 'keys-dir'"

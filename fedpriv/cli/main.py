@@ -184,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="run folder (default runs/<timestamp>-<name>)"
     )
     s.add_argument("--quiet", action="store_true", help="no per-round progress")
+    s.add_argument(
+        "--engine",
+        choices=["python", "flwr"],
+        default="python",
+        help="python: Flower's simulation engine in-process; flwr: submit server/ and clients/ with `flwr run` to a private local SuperLink",
+    )
+    s.add_argument(
+        "--project",
+        type=Path,
+        default=None,
+        help="project folder for --engine flwr (default: this checkout)",
+    )
     s.set_defaults(func=cmd_simulate)
     k = sub.add_parser("keys", help="key dealer")
     ks = k.add_subparsers(dest="keys_command", required=True)

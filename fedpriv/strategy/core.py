@@ -168,7 +168,9 @@ class EncryptedFedAvg(Strategy):
             try:
                 r = parse_train_reply(msg, max_blob_bytes=max_blob)
             except WireError as exc:
-                cr.status, cr.reason = ("failed" if msg.has_error() else "rejected"), str(exc)
+                # Client errors carry whole remote tracebacks: keep the first line, bounded.
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else "error"
+                cr.status, cr.reason = ("failed" if msg.has_error() else "rejected"), text[:300]
                 log.warning("round %d: reply from node %d not used: %s", server_round, node, exc)
                 continue
             cr.client_id, cr.metrics, cr.history_json = (

@@ -128,3 +128,32 @@ def test_budget_refusal_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     for e in refused:
         prev = [p for p in ledger if p["client_id"] == e["client_id"] and p["round"] < e["round"]]
         assert prev and math.isclose(e["epsilon"], prev[-1]["epsilon"])
+
+
+@pytest.mark.slow
+def test_flwr_run_engine_completes_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """`flwr run .` on the project (our server/ and clients/ apps) through a local SuperLink."""
+    cfg = load_config(
+        None, ["name=viaflwr", "rounds=2", "federation.num_clients=3", "train.model=logreg"]
+    )
+    res = simulate(cfg, tmp_path / "f", engine="flwr")
+    assert res.metrics["engine"] == "flwr" and len(res.metrics["rounds"]) == 2
+    assert res.final_accuracy is not None and res.final_accuracy > 0.3
+
+
+def test_flwr_run_engine_reports_a_failed_run(tmp_path: Path) -> None:
+    """A run whose ServerApp fails must come back as a failure, not Flower's exit 0."""
+    from fedpriv.errors import RunFailedError
+    from fedpriv.flwr_run import flwr_run_local
+    from fedpriv.simulation import _project_dir
+
+    with pytest.raises(RunFailedError, match="failed"):
+        # no keys were dealt: the ServerApp cannot load public parameters and fails
+        flwr_run_local(
+            _project_dir(None),
+            config_path=None,
+            keys_dir=tmp_path / "nokeys",
+            run_dir=tmp_path / "r",
+            num_supernodes=2,
+            timeout=300,
+        )
