@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 Partitioner = Literal["iid", "dirichlet", "pathological", "shard"]
-PrivacyMode = Literal["off", "record"]
+PrivacyMode = Literal["off", "record", "client", "both"]
 Scheme = Literal["off", "bfv", "ckks"]
 Accountant = Literal["prv", "rdp"]
 
@@ -93,6 +93,14 @@ class PrivacyConfig:
     max_epsilon: float = 10.0
     """A client refuses a round that would take its cumulative epsilon past this."""
     grad_sample_mode: str = "auto"
+    client_clip_norm: float = 1.0
+    """Client-level DP: L2 bound on each client's whole model update (new - global)."""
+    client_noise_multiplier: float = 0.0
+    """Client-level noise std / clip norm for the *sum*; 0 = plan from client_target_epsilon."""
+    client_target_epsilon: float = 8.0
+    client_max_epsilon: float = 10.0
+    """The run stops (and clients refuse) before a round that would pass this client-level epsilon."""
+    client_delta: float = 1e-5
     noise_seed: int = -1
     """-1: DP noise seeded from OS entropy (the only private choice). >= 0 makes noise reproducible
     for tests: anyone who knows the seed can subtract it, so never use it for real data."""
@@ -136,7 +144,22 @@ class RunConfig:
 
     @property
     def dp_on(self) -> bool:
+        """Any differential privacy (record-level, client-level or both)."""
         return self.privacy.mode != "off"
+
+    @property
+    def clients_per_round(self) -> int:
+        return max(1, round(self.federation.fraction_train * self.federation.num_clients))
+
+    @property
+    def record_dp(self) -> bool:
+        """Record-level DP-SGD (Opacus) on each client."""
+        return self.privacy.mode in ("record", "both")
+
+    @property
+    def client_dp(self) -> bool:
+        """Client-level distributed DP: clipped updates + integer noise shares before BFV."""
+        return self.privacy.mode in ("client", "both")
 
     @property
     def he_on(self) -> bool:
@@ -276,7 +299,22 @@ def _check(cfg: RunConfig) -> list[str]:
         f"train.model: unknown model {t.model!r} (available: {', '.join(available_models())})",
     )
     p = cfg.privacy
-    if p.mode != "off":
+    if p.mode in ("client", "both"):
+        need(p.client_clip_norm > 0, "privacy.client_clip_norm: must be > 0")
+        need(p.client_noise_multiplier >= 0, "privacy.client_noise_multiplier: must be >= 0")
+        need(
+            p.client_noise_multiplier > 0 or p.client_target_epsilon > 0,
+            "privacy: client-level DP needs client_noise_multiplier > 0 or client_target_epsilon > 0",
+        )
+        need(
+            0 < p.client_delta < 1, f"privacy.client_delta: must be in (0, 1), got {p.client_delta}"
+        )
+        need(p.client_max_epsilon > 0, "privacy.client_max_epsilon: must be > 0")
+        need(
+            cfg.encryption.scheme != "ckks",
+            "privacy.mode: client-level DP adds integer noise in the quantized domain: use encryption.scheme = 'bfv' (or 'off')",
+        )
+    if p.mode in ("record", "both"):
         need(p.noise_multiplier >= 0, "privacy.noise_multiplier: must be >= 0")
         need(
             p.noise_multiplier > 0 or p.target_epsilon > 0,

@@ -18,7 +18,7 @@ __all__ = ["deal_keys", "max_clients_per_round"]
 
 
 def max_clients_per_round(cfg: RunConfig) -> int:
-    return max(1, round(cfg.federation.fraction_train * cfg.federation.num_clients))
+    return cfg.clients_per_round
 
 
 def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) -> PublicParams:
@@ -31,12 +31,19 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
         from fedpriv.crypto import KeyHolder, choose_params
 
         e = cfg.encryption
+        value_range = e.value_range
+        if cfg.client_dp:
+            from fedpriv.privacy.client_level import client_level_plan
+
+            # Uniform weights (each client's clipped update counts once) and room for the noise.
+            max_weight = 1
+            value_range += client_level_plan(cfg).headroom
         he = choose_params(
             e.scheme,
             num_values=num_values,
             max_clients=max_clients_per_round(cfg),
             max_weight=max_weight,
-            value_range=e.value_range,
+            value_range=value_range,
             poly_modulus_degree=e.poly_modulus_degree,
             coeff_modulus_bits=e.coeff_modulus_bits,
             scale_bits=e.ckks_scale_bits,

@@ -102,6 +102,8 @@ class RunRecorder:
                 "status": c.status,
                 "reason": c.reason,
                 "epsilon": m.get("epsilon"),
+                "client_epsilon": m.get("client-epsilon"),
+                "update_clipped": m.get("update-clipped"),
                 "num_examples": m.get("num-examples"),
                 "steps": m.get("steps"),
                 "clipped_values": m.get("clipped"),
@@ -127,6 +129,8 @@ class RunRecorder:
                         "delta": self.header.get("delta"),
                         "accountant": self.header.get("accountant"),
                         "epsilon": m.get("epsilon"),
+                        "client_level_epsilon": m.get("client-epsilon"),
+                        "update_clipped": m.get("update-clipped"),
                         "history": json.loads(c.history_json) if c.history_json else None,
                         "reason": c.reason,
                     }

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
@@ -215,26 +216,46 @@ def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Me
         "weight-used": 0,
         "refused": 0,
         "update-bytes": 0,
-        "epsilon": state.epsilon() if cfg.dp_on else 0.0,
+        "epsilon": state.epsilon() if cfg.record_dp else 0.0,
         "noise-multiplier": 0.0,
         "sample-rate": 0.0,
         "train-loss": 0.0,
         "train-seconds": 0.0,
         "encrypt-seconds": 0.0,
+        "update-clipped": 0,
+        "client-epsilon": 0.0,
     }
-    if cfg.dp_on:
+    history_json = json.dumps(state.to_dict()["history"])
+    plan = None
+    if cfg.client_dp:
+        from fedpriv.privacy.client_level import client_level_epsilon, client_level_plan
+
+        plan = client_level_plan(cfg)
+        p = cfg.privacy
+        eps_c = client_level_epsilon(plan, ins.server_round, p.client_delta, p.accountant)
+        metrics["client-epsilon"] = client_level_epsilon(
+            plan, ins.server_round - 1, p.client_delta, p.accountant
+        )
+        if eps_c > p.client_max_epsilon * (1 + 1e-9):
+            metrics["refused"] = 1
+            why = (
+                f"refused: round {ins.server_round} would raise the run's client-level epsilon "
+                f"to {eps_c:.3f}, past client_max_epsilon {p.client_max_epsilon:g}"
+            )
+            reply = TrainReply(metrics, None, why, "", history_json, cid)
+            return Message(build_train_reply(reply), reply_to=msg)
+    if cfg.record_dp:
         decision = check_budget(cfg, state, len(train), _planned_sigma(cfg, len(train), context))
         if not decision.allowed:
             metrics["refused"] = 1
             log.warning("client %s: %s", cid, decision.reason)
-            reply = TrainReply(
-                metrics, None, decision.reason, "", json.dumps(state.to_dict()["history"]), cid
-            )
+            reply = TrainReply(metrics, None, decision.reason, "", history_json, cid)
             return Message(build_train_reply(reply), reply_to=msg)
         sigma = decision.event.noise_multiplier
     else:
         sigma = 0.0
     model = _model(cfg, codec, ins, train.input_shape, train.num_classes)
+    start_vec = get_flat_params(model)
     t0 = time.perf_counter()
     res = train_local(
         model,
@@ -254,14 +275,27 @@ def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Me
         metrics["epsilon"] = state.epsilon()
         metrics["noise-multiplier"] = res.event.noise_multiplier
         metrics["sample-rate"] = res.event.sample_rate
+    values, weight, noise_std = get_flat_params(model), len(train), 0.0
+    if plan is not None:
+        from fedpriv.privacy.client_level import clip_update
+
+        # Client-level DP: bound the whole update, count every client once, add a noise share.
+        delta, was_clipped = clip_update(values.astype(np.float64) - start_vec, plan.clip_norm)
+        values = (start_vec + delta).astype(np.float32)
+        weight, noise_std = 1, plan.share_std
+        metrics["update-clipped"] = int(was_clipped)
+        metrics["client-epsilon"] = client_level_epsilon(
+            plan, ins.server_round, cfg.privacy.client_delta, cfg.privacy.accountant
+        )
     t0 = time.perf_counter()
-    upd = codec.encode(get_flat_params(model), len(train))
+    upd = codec.encode(values, weight, noise_std)
     metrics["encrypt-seconds"] = time.perf_counter() - t0
     metrics["clipped"] = upd.clipped
     metrics["weight-used"] = upd.weight_used
     metrics["update-bytes"] = len(upd.blob)
     digest = hashlib.sha256(upd.blob).hexdigest()
-    reply = TrainReply(metrics, upd.blob, "", digest, json.dumps(state.to_dict()["history"]), cid)
+    history_json = json.dumps(state.to_dict()["history"])
+    reply = TrainReply(metrics, upd.blob, "", digest, history_json, cid)
     return Message(build_train_reply(reply), reply_to=msg)
 
 

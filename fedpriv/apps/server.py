@@ -72,6 +72,31 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
         "num_values": params.num_values,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    min_accepted, gate = 0, None
+    if cfg.client_dp:
+        from fedpriv.privacy.client_level import client_level_epsilon, client_level_plan
+
+        plan = client_level_plan(cfg)
+        p = cfg.privacy
+        min_accepted = plan.k_min
+        header["client_level"] = {
+            "noise_multiplier": plan.noise_multiplier,
+            "sample_rate": plan.sample_rate,
+            "clip_norm": plan.clip_norm,
+            "k_min": plan.k_min,
+            "delta": p.client_delta,
+            "max_epsilon": p.client_max_epsilon,
+        }
+
+        def gate(rnd: int) -> str | None:
+            eps = client_level_epsilon(plan, rnd, p.client_delta, p.accountant)
+            if eps > p.client_max_epsilon * (1 + 1e-9):
+                return (
+                    f"round {rnd} would raise the client-level epsilon to {eps:.3f}, "
+                    f"past client_max_epsilon {p.client_max_epsilon:g}"
+                )
+            return None
+
     recorder = RunRecorder(rd, header=header, progress=s.progress)
     strategy = EncryptedFedAvg(
         params,
@@ -84,6 +109,8 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
         seed=cfg.seed,
         on_round=recorder,
         node_wait_timeout=s.node_wait_timeout,
+        min_accepted=min_accepted,
+        round_gate=gate if cfg.client_dp else None,
     )
     strategy.run(grid, cfg.rounds)
     recorder.flush(

@@ -114,7 +114,9 @@ class KeyHolder:
         _no_pickle(self)
 
     # ------------------------------------------------------------------ encryption
-    def encrypt(self, values: np.ndarray, weight: int) -> EncryptedUpdate:
+    def encrypt(
+        self, values: np.ndarray, weight: int, int_noise: np.ndarray | None = None
+    ) -> EncryptedUpdate:
         """Encrypt ``[w*clip(x), w, 1]`` as an update blob.
 
         Parameters
@@ -123,6 +125,10 @@ class KeyHolder:
             The flattened model (any shape with ``num_values`` elements, any real dtype).
         weight : int
             The client's example count; capped at ``max_weight`` (reported, never silent).
+        int_noise : ndarray, optional
+            BFV only: integer noise (in quantization units, i.e. real noise x ``quant_scale``)
+            added to the quantized values before encryption, so the decrypted sum carries the
+            noise of all clients and nobody sees an un-noised sum (distributed DP).
 
         Raises
         ------
@@ -152,7 +158,14 @@ class KeyHolder:
             # Quantize the product w*x (not x): the weight multiplies precision, not error.
             rng = np.random.default_rng(secrets.randbits(128))
             slots[:nv] = stochastic_round(xc * (p.quant_scale * w), rng)
+            if int_noise is not None:
+                noise = np.asarray(int_noise)
+                if noise.shape != (nv,) or noise.dtype.kind != "i":
+                    raise ValueError(f"int_noise must be {nv} integers")
+                slots[:nv] += noise.astype(np.int64)
         else:
+            if int_noise is not None:
+                raise ValueError("int_noise (distributed DP) needs the BFV scheme")
             slots = np.zeros(p.num_slots, dtype=np.float64)
             slots[:nv] = xc * w
         slots[nv] = w

@@ -127,11 +127,27 @@ class ClientCodec:
             raise CryptoError(f"{key_dir}: secret key and public parameters do not belong together")
         return cls(params, holder)
 
-    def encode(self, values: np.ndarray, weight: int) -> EncodedUpdate:
+    def encode(self, values: np.ndarray, weight: int, noise_std: float = 0.0) -> EncodedUpdate:
+        """Encode (and encrypt) ``[w*x, w, 1]``.
+
+        ``noise_std`` > 0 adds this client's share of distributed discrete-Gaussian noise
+        (client-level DP) in the quantized domain, before encryption.
+        """
+        from fedpriv.privacy.client_level import discrete_gaussian
+
+        n = int(values.size)
         if self._plain is not None:
+            if noise_std > 0:
+                # Same discrete mechanism as under BFV, on a fixed grid of 2^-16 units.
+                unit = 2.0**16
+                values = values.astype(np.float64) + discrete_gaussian(noise_std * unit, n) / unit
             return EncodedUpdate(self._plain.encode(values, weight), 0, weight, False, False)
         assert self._holder is not None
-        upd = self._holder.encrypt(values.astype(np.float32), weight)
+        noise = None
+        if noise_std > 0:
+            scale = float(self._holder.params.quant_scale)
+            noise = discrete_gaussian(noise_std * scale, n)
+        upd = self._holder.encrypt(values.astype(np.float32), weight, int_noise=noise)
         return EncodedUpdate(upd.blob, upd.clipped, upd.weight_used, upd.weight_capped, True)
 
     def decode(self, blob: bytes) -> tuple[np.ndarray, float, int]:

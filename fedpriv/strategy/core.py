@@ -93,6 +93,8 @@ class EncryptedFedAvg(Strategy):
         seed: int = 0,
         on_round: Callable[[RoundRecord, bytes | None], None] | None = None,
         node_wait_timeout: float = 600.0,
+        min_accepted: int = 0,
+        round_gate: Callable[[int], str | None] | None = None,
     ) -> None:
         self.params = params
         self.config_json = config_json
@@ -105,6 +107,10 @@ class EncryptedFedAvg(Strategy):
         self.round_timeout = round_timeout
         self.node_wait_timeout = node_wait_timeout
         self.on_round = on_round
+        # Hard floor (client-level DP: fewer summed noise shares than planned is too little noise).
+        self.min_accepted = min_accepted
+        # Called before each round; a returned string stops the run (e.g. a spent budget).
+        self.round_gate = round_gate
         self._rng = random.Random(seed)
         self._agg: AggregatorLike = open_aggregator(params)
         self.global_blob: bytes | None = None
@@ -209,7 +215,7 @@ class EncryptedFedAvg(Strategy):
         if rec.accepted == 0:
             return None, None
         refused = sum(c.status == "refused" for c in rec.clients)
-        needed = max(1, min(self.min_train, len(rec.sampled) - refused))
+        needed = max(1, self.min_accepted, min(self.min_train, len(rec.sampled) - refused))
         if rec.accepted < needed:
             log.warning(
                 "round %d: only %d accepted updates (< %d); global model unchanged",
@@ -275,6 +281,10 @@ class EncryptedFedAvg(Strategy):
         """Run rounds ``first_round..num_rounds``; stop early when every client is out of budget."""
         self.summary()
         for rnd in range(first_round, num_rounds + 1):
+            if self.round_gate is not None and (why := self.round_gate(rnd)):
+                self.stop_reason = why
+                log.warning("stopping before round %d: %s", rnd, why)
+                break
             t0 = time.perf_counter()
             msgs = list(self.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid))
             replies = grid.send_and_receive(msgs, timeout=self.round_timeout)

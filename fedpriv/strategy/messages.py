@@ -112,7 +112,15 @@ def parse_instruction(content: RecordDict, *, max_blob_bytes: int) -> Instructio
 
 # ----------------------------------------------------------------------------- train reply
 
-_INT_METRICS = ("num-examples", "steps", "clipped", "weight-used", "refused", "update-bytes")
+_INT_METRICS = (
+    "num-examples",
+    "steps",
+    "clipped",
+    "weight-used",
+    "refused",
+    "update-bytes",
+    "update-clipped",
+)
 _FLOAT_METRICS = (
     "epsilon",
     "noise-multiplier",
@@ -120,6 +128,7 @@ _FLOAT_METRICS = (
     "train-loss",
     "train-seconds",
     "encrypt-seconds",
+    "client-epsilon",
 )
 
 

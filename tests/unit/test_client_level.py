@@ -1,0 +1,119 @@
+"""Client-level distributed DP: noise distribution, clipping, accounting, BFV composition."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from fedpriv.config import load_config
+from fedpriv.crypto import Aggregator, KeyHolder, choose_params
+from fedpriv.privacy import DpEvent, opacus_epsilon, pld_epsilon
+from fedpriv.privacy.client_level import (
+    client_level_epsilon,
+    client_level_plan,
+    clip_update,
+    csprng_uniform,
+    discrete_gaussian,
+)
+
+
+def test_csprng_uniforms_are_uniform() -> None:
+    u = csprng_uniform(200_000)
+    assert u.min() > 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
+
+
+@pytest.mark.parametrize("sigma", [0.7, 3.0, 40.0, 1500.0])
+def test_discrete_gaussian_moments(sigma: float) -> None:
+    n = 200_000
+    x = discrete_gaussian(sigma, n)
+    assert x.dtype == np.int64
+    # mean within 5 standard errors; variance within 5 standard errors (var of s^2 ~ 2 sigma^4 / n)
+    assert abs(x.mean()) < 5 * sigma / math.sqrt(n)
+    assert abs(x.var() - sigma**2) < 5 * math.sqrt(2 / n) * sigma**2 + 0.05
+
+
+def test_discrete_gaussian_pmf_matches_for_small_sigma() -> None:
+    sigma, n = 1.0, 300_000
+    x = discrete_gaussian(sigma, n)
+    ks = np.arange(-6, 7)
+    pmf = np.exp(-(ks**2) / (2 * sigma**2))
+    pmf /= pmf.sum()
+    emp = np.array([(x == k).mean() for k in ks])
+    assert np.all(np.abs(emp - pmf) < 5 * np.sqrt(pmf * (1 - pmf) / n) + 1e-4)
+
+
+def test_clip_update() -> None:
+    d = np.array([3.0, 4.0])
+    c, was = clip_update(d, 1.0)
+    assert was and np.isclose(np.linalg.norm(c), 1.0) and np.allclose(c, [0.6, 0.8])
+    c, was = clip_update(d, 10.0)
+    assert not was and np.array_equal(c, d)
+
+
+def test_summed_noise_shares_have_the_intended_variance_under_bfv() -> None:
+    """K clients each add a share; the decrypted sum carries noise of std z*C (in real units)."""
+    cfg = load_config(
+        None,
+        [
+            "privacy.mode=client",
+            "privacy.client_noise_multiplier=0.8",
+            "privacy.client_clip_norm=0.5",
+            "federation.num_clients=5",
+        ],
+    )
+    plan = client_level_plan(cfg)
+    assert plan.k_min == 5 and plan.sample_rate == 1.0
+    n = 20_000
+    params = choose_params(
+        "bfv", num_values=n, max_clients=5, max_weight=1, value_range=1.0 + plan.headroom
+    )
+    holder = KeyHolder.generate(params)
+    agg = Aggregator(params)
+    rng = np.random.default_rng(0)
+    updates = [rng.uniform(-0.5, 0.5, n).astype(np.float32) for _ in range(5)]
+    for u in updates:
+        noise = discrete_gaussian(plan.share_std * params.quant_scale, n)
+        agg.add(holder.encrypt(u, 1, int_noise=noise).blob)
+    out = holder.decrypt(agg.result())
+    residual = out.weighted_sum - np.sum(np.asarray(updates, dtype=np.float64), axis=0)
+    target = plan.noise_multiplier * plan.clip_norm
+    # sample std of n normal draws: relative standard error ~ 1/sqrt(2n) = 0.5%
+    assert residual.std() == pytest.approx(target, rel=0.03)
+    assert abs(residual.mean()) < 5 * target / math.sqrt(n)
+
+
+def test_client_level_accounting_matches_independent_recomputation() -> None:
+    cfg = load_config(
+        None,
+        [
+            "privacy.mode=client",
+            "privacy.client_target_epsilon=4",
+            "privacy.client_max_epsilon=4",
+            "federation.fraction_train=0.5",
+            "rounds=8",
+        ],
+    )
+    plan = client_level_plan(cfg)
+    assert plan.sample_rate == 0.5
+    eps = client_level_epsilon(plan, 8, 1e-5, "prv")
+    assert eps <= 4.0 and eps == pytest.approx(4.0, abs=0.05)
+    # dp-accounting's PLD accountant, run independently on the same (z, q, rounds)
+    assert pld_epsilon([DpEvent(plan.noise_multiplier, 0.5, 8)], 1e-5) == pytest.approx(
+        eps, rel=0.03
+    )
+    assert opacus_epsilon([DpEvent(plan.noise_multiplier, 0.5, 8)], 1e-5, "rdp") >= eps
+    # monotone over rounds, so a budget check before each round refuses the first round past it
+    series = [client_level_epsilon(plan, r, 1e-5, "prv") for r in range(1, 10)]
+    assert all(a < b for a, b in itertools.pairwise(series))
+    assert series[-1] > 4.0
+
+
+def test_client_level_config_rules() -> None:
+    from fedpriv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bfv"):
+        load_config(None, ["privacy.mode=client", "encryption.scheme=ckks"])
+    with pytest.raises(ConfigError, match="client_clip_norm"):
+        load_config(None, ["privacy.mode=both", "privacy.client_clip_norm=0"])
