@@ -56,4 +56,25 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
     if holder is not None:
         (out / "client").chmod(0o700)
         holder.save(out / "client" / "secret.key")
+    deal_identities([f"client-{i}" for i in range(cfg.federation.num_clients)], out)
     return params
+
+
+def deal_identities(client_ids: list[str], out: Path) -> None:
+    """One Ed25519 identity key per client (``client/identities/<id>.pem``, owner-only) and the
+    server's registry of their public keys (``server/identities.json``)."""
+    from fedpriv.crypto.identity import generate_identity, private_pem, public_openssh
+
+    registry: dict[str, str] = {}
+    for cid in client_ids:
+        key = generate_identity()
+        path = out / "client" / "identities" / f"{cid}.pem"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        atomic_write_text(path, private_pem(key).decode())
+        registry[cid] = public_openssh(key)
+    atomic_write_text(
+        out / "server" / "identities.json",
+        json.dumps(registry, indent=2, sort_keys=True),
+        mode=0o644,
+    )

@@ -21,6 +21,7 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedpriv.config import RunConfig, config_from_dict
+from fedpriv.crypto.identity import PrivateIdentity, load_private_identity, sign_update
 from fedpriv.errors import ConfigError, CryptoError, WireError
 from fedpriv.privacy.state import ClientPrivacyState
 from fedpriv.strategy.codec import ClientCodec
@@ -88,6 +89,22 @@ def _client_id(context: Context) -> str:
 @functools.lru_cache(maxsize=4)
 def _codec(key_dir: str) -> ClientCodec:
     return ClientCodec.load(Path(key_dir))
+
+
+def _identity(settings: ClientSettings, context: Context) -> PrivateIdentity:
+    """This client's identity key: node config ``identity-key``, else the dealer's folder."""
+    explicit = str(context.node_config.get("identity-key", "") or "")
+    path = (
+        Path(explicit)
+        if explicit
+        else settings.key_dir / "identities" / f"{_client_id(context)}.pem"
+    )
+    return _load_identity(str(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_identity(path: str) -> PrivateIdentity:
+    return load_private_identity(Path(path))
 
 
 def _partition(context: Context) -> tuple[int, int]:
@@ -295,7 +312,8 @@ def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Me
     metrics["update-bytes"] = len(upd.blob)
     digest = hashlib.sha256(upd.blob).hexdigest()
     history_json = json.dumps(state.to_dict()["history"])
-    reply = TrainReply(metrics, upd.blob, "", digest, history_json, cid)
+    signature = sign_update(_identity(settings, context), ins.run_id, ins.server_round, cid, digest)
+    reply = TrainReply(metrics, upd.blob, "", digest, history_json, cid, signature)
     return Message(build_train_reply(reply), reply_to=msg)
 
 

@@ -13,6 +13,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedpriv.config import RunConfig, config_hash, config_to_dict, load_config
+from fedpriv.crypto.identity import IdentityRegistry
 from fedpriv.errors import ConfigError
 from fedpriv.runs import RunDir, RunRecorder
 from fedpriv.strategy.codec import PublicParams, load_params_file
@@ -111,6 +112,7 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
         node_wait_timeout=s.node_wait_timeout,
         min_accepted=min_accepted,
         round_gate=gate if cfg.client_dp else None,
+        identities=IdentityRegistry.load(s.params_path.parent / "identities.json"),
     )
     strategy.run(grid, cfg.rounds)
     recorder.flush(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedpriv.crypto.identity import IdentityRegistry
 from fedpriv.errors import RunFailedError, WireError
 from fedpriv.strategy.codec import AggregatorLike, PublicParams, open_aggregator
 from fedpriv.strategy.messages import (
@@ -95,8 +97,14 @@ class EncryptedFedAvg(Strategy):
         node_wait_timeout: float = 600.0,
         min_accepted: int = 0,
         round_gate: Callable[[int], str | None] | None = None,
+        identities: IdentityRegistry | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.params = params
+        # Updates must be signed by a registered client identity (None only in unit tests of
+        # the aggregation itself).
+        self.identities = identities
+        self.run_id = run_id or secrets.token_hex(16)
         self.config_json = config_json
         self.num_clients = num_clients
         self.sample_size = max(1, round(fraction_train * num_clients))
@@ -132,7 +140,11 @@ class EncryptedFedAvg(Strategy):
 
     def _instruction(self, server_round: int) -> Instruction:
         return Instruction(
-            server_round, self.config_json, self.params.fingerprint(), self.global_blob
+            server_round,
+            self.config_json,
+            self.params.fingerprint(),
+            self.global_blob,
+            self.run_id,
         )
 
     # -- Strategy interface ---------------------------------------------------------------
@@ -195,6 +207,10 @@ class EncryptedFedAvg(Strategy):
                     raise WireError("update digest does not match the declared sha256")
                 if r.metrics["update-bytes"] != len(r.blob):
                     raise WireError("declared update size does not match the received bytes")
+                if self.identities is not None:
+                    self.identities.verify(
+                        r.client_id, self.run_id, server_round, digest, r.signature
+                    )
                 self._agg.add(r.blob)
             except WireError as exc:
                 cr.status, cr.reason = "rejected", str(exc)

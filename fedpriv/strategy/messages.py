@@ -65,6 +65,8 @@ class Instruction:
     params_fingerprint: str
     global_blob: bytes | None
     """None in round 1: every client builds the same initial model from the run's seed."""
+    run_id: str = ""
+    """Random per run; clients sign it with each update so updates cannot be replayed."""
 
 
 def build_instruction(ins: Instruction) -> RecordDict:
@@ -75,6 +77,7 @@ def build_instruction(ins: Instruction) -> RecordDict:
                     "server-round": ins.server_round,
                     "fedpriv-config": ins.config_json,
                     "params-fingerprint": ins.params_fingerprint,
+                    "run-id": ins.run_id,
                 }
             )
         }
@@ -100,6 +103,9 @@ def parse_instruction(content: RecordDict, *, max_blob_bytes: int) -> Instructio
     rnd = _get(cfg, "server-round", int, "instruction")
     text = _get(cfg, "fedpriv-config", str, "instruction")
     fp = _get(cfg, "params-fingerprint", str, "instruction")
+    run_id = _get(cfg, "run-id", str, "instruction")
+    if not 0 < len(run_id) <= 128:
+        raise WireError("instruction: run-id must be 1..128 characters")
     if rnd < 1:
         raise WireError(f"instruction: server-round must be >= 1, got {rnd}")
     if len(text) > MAX_CONFIG_CHARS:
@@ -107,7 +113,7 @@ def parse_instruction(content: RecordDict, *, max_blob_bytes: int) -> Instructio
     blob = None
     if "global" in content.array_records:
         blob = blob_from_record(content.array_records["global"], max_bytes=max_blob_bytes)
-    return Instruction(rnd, text, fp, blob)
+    return Instruction(rnd, text, fp, blob, run_id)
 
 
 # ----------------------------------------------------------------------------- train reply
@@ -140,6 +146,7 @@ class TrainReply:
     update_sha256: str
     history_json: str
     client_id: str
+    signature: bytes = b""
 
 
 def build_train_reply(r: TrainReply) -> RecordDict:
@@ -152,6 +159,7 @@ def build_train_reply(r: TrainReply) -> RecordDict:
                     "update-sha256": r.update_sha256,
                     "history": r.history_json,
                     "client-id": r.client_id,
+                    "signature": r.signature,
                 }
             ),
         }
@@ -186,6 +194,9 @@ def parse_train_reply(msg: Message, *, max_blob_bytes: int) -> TrainReply:
     sha = _get(info, "update-sha256", str, "train reply")
     hist = _get(info, "history", str, "train reply")
     cid = _get(info, "client-id", str, "train reply")[:128]
+    sig = _get(info, "signature", bytes, "train reply")
+    if len(sig) > 512:
+        raise WireError("train reply: signature too long")
     if len(hist) > MAX_CONFIG_CHARS:
         raise WireError("train reply: history too large")
     blob = None
@@ -195,7 +206,7 @@ def parse_train_reply(msg: Message, *, max_blob_bytes: int) -> TrainReply:
         blob = blob_from_record(content.array_records["update"], max_bytes=max_blob_bytes)
         if metrics["num-examples"] < 1:
             raise WireError("train reply: num-examples must be >= 1")
-    return TrainReply(metrics, blob, refusal, sha, hist, cid)
+    return TrainReply(metrics, blob, refusal, sha, hist, cid, sig)
 
 
 # ----------------------------------------------------------------------------- eval reply
