@@ -31,6 +31,7 @@ from fedpriv.strategy.messages import (
     TrainReply,
     build_eval_reply,
     build_train_reply,
+    metrics_digest,
     parse_instruction,
 )
 
@@ -312,7 +313,8 @@ def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Me
     metrics["update-bytes"] = len(upd.blob)
     digest = hashlib.sha256(upd.blob).hexdigest()
     history_json = json.dumps(state.to_dict()["history"])
-    signature = sign_update(_identity(settings, context), ins.run_id, ins.server_round, cid, digest)
+    bound = f"{digest}:{metrics_digest(metrics)}"
+    signature = sign_update(_identity(settings, context), ins.run_id, ins.server_round, cid, bound)
     reply = TrainReply(metrics, upd.blob, "", digest, history_json, cid, signature)
     return Message(build_train_reply(reply), reply_to=msg)
 

@@ -29,6 +29,7 @@ from fedpriv.strategy.codec import AggregatorLike, PublicParams, open_aggregator
 from fedpriv.strategy.messages import (
     Instruction,
     build_instruction,
+    metrics_digest,
     parse_eval_reply,
     parse_train_reply,
 )
@@ -208,8 +209,9 @@ class EncryptedFedAvg(Strategy):
                 if r.metrics["update-bytes"] != len(r.blob):
                     raise WireError("declared update size does not match the received bytes")
                 if self.identities is not None:
+                    bound = f"{digest}:{metrics_digest(r.metrics)}"
                     self.identities.verify(
-                        r.client_id, self.run_id, server_round, digest, r.signature
+                        r.client_id, self.run_id, server_round, bound, r.signature
                     )
                 self._agg.add(r.blob)
             except WireError as exc:

@@ -7,6 +7,8 @@ range-checked before use.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ __all__ = [
     "build_eval_reply",
     "build_instruction",
     "build_train_reply",
+    "metrics_digest",
     "parse_eval_reply",
     "parse_instruction",
     "parse_train_reply",
@@ -136,6 +139,13 @@ _FLOAT_METRICS = (
     "encrypt-seconds",
     "client-epsilon",
 )
+
+
+def metrics_digest(metrics: dict[str, float | int]) -> str:
+    """SHA-256 over the canonical form of the train metrics (signed along with the update)."""
+    canon = {k: int(metrics[k]) for k in _INT_METRICS if k in metrics}
+    canon.update({k: float(metrics[k]) for k in _FLOAT_METRICS if k in metrics})
+    return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

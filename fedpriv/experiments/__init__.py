@@ -1,0 +1,11 @@
+"""Experiment sweeps: many simulations from one definition, resumable, with a results report."""
+
+from fedpriv.experiments.sweep import (
+    SweepRun,
+    load_sweep,
+    run_sweep,
+    summarize_sweep,
+    write_results,
+)
+
+__all__ = ["SweepRun", "load_sweep", "run_sweep", "summarize_sweep", "write_results"]
