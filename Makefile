@@ -10,6 +10,8 @@ install:
 
 install-dev:
 	$(PYTHON) -m pip install -q "$(TORCH)" -e ".[dev]"
+	# Headless Chromium renders the privacy report in tests (CI runs as root on Debian).
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
 
 simulate: install
 	fedpriv simulate

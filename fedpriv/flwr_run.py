@@ -70,6 +70,7 @@ def flwr_run_local(
     run_dir: Path,
     num_supernodes: int,
     timeout: float = 1800.0,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """``flwr run`` the project on a private local SuperLink; return the run's status record."""
     home = Path(tempfile.mkdtemp(prefix="fedpriv-flwr-home-"))
@@ -95,6 +96,8 @@ def flwr_run_local(
         run_config = f'keys-dir="{keys_dir.resolve()}" run-dir="{run_dir.resolve()}"'
         if config_path is not None:
             run_config += f' fedpriv-config="{config_path.resolve()}"'
+        if resume:
+            run_config += " resume=true"
         started = _flwr(
             ["run", str(project_dir), "--run-config", run_config, "--format", "json"], env, 300
         )

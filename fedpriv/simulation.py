@@ -122,12 +122,17 @@ def simulate(
     progress: Callable[[Any], None] | None = None,
     engine: str = "python",
     project_dir: Path | None = None,
+    resume: bool = False,
+    client_app: Any = None,
 ) -> SimulationResult:
     """Run ``cfg`` in simulation and return where its outputs went.
 
     ``engine="python"`` drives Flower's simulation engine in-process (``run_simulation``);
     ``engine="flwr"`` submits the project's ``server/`` and ``clients/`` apps with ``flwr run``
     to a private local SuperLink (see :mod:`fedpriv.flwr_run`). Both write the same run folder.
+    ``resume=True`` continues the run in ``out`` from its last server checkpoint (clients keep
+    their persisted privacy state). ``client_app`` replaces fedpriv's ClientApp (experiments
+    with faulty or adversarial clients).
     """
     from fedpriv.data import load_dataset
     from fedpriv.keys import deal_keys
@@ -137,11 +142,20 @@ def simulate(
         raise FedprivError(f"unknown engine {engine!r} (use 'python' or 'flwr')")
     t_start = time.perf_counter()
     root = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-    if root.exists() and any(root.iterdir()):
-        raise FedprivError(f"{root}: run folder exists and is not empty; choose another --out")
     rd = RunDir(root)
-    rd.root.mkdir(parents=True, exist_ok=True)
-    _write_config(cfg, rd)
+    if resume:
+        from fedpriv.config import load_config
+
+        if not (root / "config.toml").exists():
+            raise FedprivError(f"{root}: no run to resume (config.toml missing)")
+        cfg = load_config(root / "config.toml")
+    elif root.exists() and any(root.iterdir()):
+        raise FedprivError(
+            f"{root}: run folder exists and is not empty; choose another --out or --resume"
+        )
+    else:
+        rd.root.mkdir(parents=True, exist_ok=True)
+        _write_config(cfg, rd)
     d = cfg.data
     train, test = load_dataset(
         d.dataset,
@@ -153,10 +167,11 @@ def simulate(
     sizes = partition_sizes(cfg, train)
     model = build_model(cfg.train.model, train.input_shape, train.num_classes, seed=cfg.seed)
     max_weight = cfg.encryption.max_examples_per_client or max(sizes)
-    deal_keys(cfg, num_values=num_params(model), max_weight=max_weight, out=rd.keys)
+    if not resume:
+        deal_keys(cfg, num_values=num_params(model), max_weight=max_weight, out=rd.keys)
     try:
         if engine == "python":
-            _run_python_engine(cfg, rd, progress)
+            _run_python_engine(cfg, rd, progress, resume=resume, client_app=client_app)
         else:
             from fedpriv.flwr_run import flwr_run_local
 
@@ -166,6 +181,7 @@ def simulate(
                 keys_dir=rd.keys,
                 run_dir=rd.root,
                 num_supernodes=cfg.federation.num_clients,
+                resume=resume,
             )
     finally:
         _shutdown_ray()
@@ -181,6 +197,10 @@ def simulate(
     from fedpriv.privacy.state import atomic_write_text
 
     atomic_write_text(rd.metrics, json.dumps(doc, indent=2, sort_keys=True), mode=0o644)
+    from fedpriv.report import write_report
+
+    # Every run ships its signed privacy report; failing to build it fails the run.
+    write_report(rd.root)
     return SimulationResult(rd.root, doc, doc["wall_seconds"])
 
 
@@ -195,17 +215,32 @@ def _project_dir(given: Path | None) -> Path:
     return cand
 
 
-def _run_python_engine(cfg: RunConfig, rd: RunDir, progress: Callable[[Any], None] | None) -> None:
+def _run_python_engine(
+    cfg: RunConfig,
+    rd: RunDir,
+    progress: Callable[[Any], None] | None,
+    *,
+    resume: bool = False,
+    client_app: Any = None,
+) -> None:
     from flwr.simulation import run_simulation
 
     from fedpriv.apps import ClientSettings, ServerSettings, make_client_app, make_server_app
 
     server_app = make_server_app(
-        ServerSettings(cfg, rd.root, rd.server_params, progress=progress, node_wait_timeout=120.0)
+        ServerSettings(
+            cfg,
+            rd.root,
+            rd.server_params,
+            progress=progress,
+            node_wait_timeout=120.0,
+            resume=resume,
+        )
     )
-    client_app = make_client_app(
-        ClientSettings(rd.client_keys.resolve(), (rd.root / "clients").resolve())
-    )
+    if client_app is None:
+        client_app = make_client_app(
+            ClientSettings(rd.client_keys.resolve(), (rd.root / "clients").resolve())
+        )
     try:
         run_simulation(
             server_app=server_app,

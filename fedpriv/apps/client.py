@@ -306,7 +306,11 @@ def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Me
             plan, ins.server_round, cfg.privacy.client_delta, cfg.privacy.accountant
         )
     t0 = time.perf_counter()
-    upd = codec.encode(values, weight, noise_std)
+    # Reproducible mode (noise_seed >= 0, tests only) also fixes the stochastic rounding.
+    rounding_seed = None
+    if cfg.privacy.noise_seed >= 0:
+        rounding_seed = cfg.privacy.noise_seed * 7919 + pid * 104_729 + ins.server_round
+    upd = codec.encode(values, weight, noise_std, rounding_seed)
     metrics["encrypt-seconds"] = time.perf_counter() - t0
     metrics["clipped"] = upd.clipped
     metrics["weight-used"] = upd.weight_used

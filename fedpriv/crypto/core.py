@@ -115,7 +115,11 @@ class KeyHolder:
 
     # ------------------------------------------------------------------ encryption
     def encrypt(
-        self, values: np.ndarray, weight: int, int_noise: np.ndarray | None = None
+        self,
+        values: np.ndarray,
+        weight: int,
+        int_noise: np.ndarray | None = None,
+        rounding_seed: int | None = None,
     ) -> EncryptedUpdate:
         """Encrypt ``[w*clip(x), w, 1]`` as an update blob.
 
@@ -129,6 +133,8 @@ class KeyHolder:
             BFV only: integer noise (in quantization units, i.e. real noise x ``quant_scale``)
             added to the quantized values before encryption, so the decrypted sum carries the
             noise of all clients and nobody sees an un-noised sum (distributed DP).
+        rounding_seed : int, optional
+            Seed for the stochastic rounding (reproducible runs only); default: OS entropy.
 
         Raises
         ------
@@ -156,7 +162,8 @@ class KeyHolder:
         if p.scheme == "bfv":
             slots = np.zeros(p.num_ciphertexts * p.slots_per_ciphertext, dtype=np.int64)
             # Quantize the product w*x (not x): the weight multiplies precision, not error.
-            rng = np.random.default_rng(secrets.randbits(128))
+            seed = secrets.randbits(128) if rounding_seed is None else rounding_seed
+            rng = np.random.default_rng(seed)
             slots[:nv] = stochastic_round(xc * (p.quant_scale * w), rng)
             if int_noise is not None:
                 noise = np.asarray(int_noise)

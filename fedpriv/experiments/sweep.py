@@ -90,9 +90,11 @@ def load_sweep(path: Path, extra: list[str] | None = None) -> list[SweepRun]:
     if unknown:
         errors.append(f"{path}: unknown keys {sorted(unknown)}")
     runs: list[SweepRun] = []
-    for sname, stable in settings.items():
+    # Seed-major order: an interrupted sweep has every setting at some seeds, not some settings
+    # at every seed.
+    for seed in seeds:
         for pname, ptable in splits.items():
-            for seed in seeds:
+            for sname, stable in settings.items():
                 try:
                     over = [
                         *_override_list(ptable, f"splits.{pname}"),

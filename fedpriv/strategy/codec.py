@@ -127,7 +127,13 @@ class ClientCodec:
             raise CryptoError(f"{key_dir}: secret key and public parameters do not belong together")
         return cls(params, holder)
 
-    def encode(self, values: np.ndarray, weight: int, noise_std: float = 0.0) -> EncodedUpdate:
+    def encode(
+        self,
+        values: np.ndarray,
+        weight: int,
+        noise_std: float = 0.0,
+        rounding_seed: int | None = None,
+    ) -> EncodedUpdate:
         """Encode (and encrypt) ``[w*x, w, 1]``.
 
         ``noise_std`` > 0 adds this client's share of distributed discrete-Gaussian noise
@@ -147,7 +153,9 @@ class ClientCodec:
         if noise_std > 0:
             scale = float(self._holder.params.quant_scale)
             noise = discrete_gaussian(noise_std * scale, n)
-        upd = self._holder.encrypt(values.astype(np.float32), weight, int_noise=noise)
+        upd = self._holder.encrypt(
+            values.astype(np.float32), weight, int_noise=noise, rounding_seed=rounding_seed
+        )
         return EncodedUpdate(upd.blob, upd.clipped, upd.weight_used, upd.weight_capped, True)
 
     def decode(self, blob: bytes) -> tuple[np.ndarray, float, int]:

@@ -143,7 +143,7 @@ _FLOAT_METRICS = (
 
 def metrics_digest(metrics: dict[str, float | int]) -> str:
     """SHA-256 over the canonical form of the train metrics (signed along with the update)."""
-    canon = {k: int(metrics[k]) for k in _INT_METRICS if k in metrics}
+    canon: dict[str, float | int] = {k: int(metrics[k]) for k in _INT_METRICS if k in metrics}
     canon.update({k: float(metrics[k]) for k in _FLOAT_METRICS if k in metrics})
     return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()
 
