@@ -104,7 +104,8 @@ class RunRecorder:
                 "epsilon": m.get("epsilon"),
                 "client_epsilon": m.get("client-epsilon"),
                 "update_clipped": m.get("update-clipped"),
-                "num_examples": m.get("num-examples"),
+                # 0 = not disclosed (encrypted runs keep n_k inside the ciphertext)
+                "num_examples": m.get("num-examples") or None,
                 "steps": m.get("steps"),
                 "clipped_values": m.get("clipped"),
                 "bytes_up": c.bytes_up,

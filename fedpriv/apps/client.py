@@ -228,7 +228,8 @@ def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Me
     cid = _client_id(context)
     state = _load_state(cfg, settings, context)
     metrics: dict[str, float | int] = {
-        "num-examples": len(train),
+        # Under encryption n_k travels only inside the ciphertext: 0 here means "not disclosed".
+        "num-examples": 0 if codec.encrypted else len(train),
         "steps": 0,
         "clipped": 0,
         "weight-used": 0,
@@ -313,7 +314,7 @@ def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Me
     upd = codec.encode(values, weight, noise_std, rounding_seed)
     metrics["encrypt-seconds"] = time.perf_counter() - t0
     metrics["clipped"] = upd.clipped
-    metrics["weight-used"] = upd.weight_used
+    metrics["weight-used"] = 0 if codec.encrypted else upd.weight_used
     metrics["update-bytes"] = len(upd.blob)
     digest = hashlib.sha256(upd.blob).hexdigest()
     history_json = json.dumps(state.to_dict()["history"])

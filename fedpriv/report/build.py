@@ -864,14 +864,26 @@ def _budget(rec: RunRecords, clients: list[_Client], acct: dict[str, Any]) -> di
 
 
 def _releases(rec: RunRecords) -> list[dict[str, Any]]:
+    encrypted = rec.metrics.get("encryption", "off") != "off"
     out = [
         {
             "release": "training metrics sent in plaintext with every update",
             "recipient": "server operator",
-            "content": "example count n_k (also as weight-used), steps, epsilon, noise"
-            " multiplier, sample rate, training loss, clipped-value count, timings",
-            "why_not_covered": "computed from the private records without noise; n_k reveals"
-            " each client's dataset size",
+            "content": (
+                "steps, epsilon, noise multiplier, sample rate, training loss, clipped-value"
+                " count, timings (the example count n_k travels only inside the ciphertext)"
+                if encrypted
+                else "example count n_k (also as weight-used), steps, epsilon, noise"
+                " multiplier, sample rate, training loss, clipped-value count, timings"
+            ),
+            "why_not_covered": (
+                "computed from the private records without noise; the accounting history"
+                " (sample rate 1/ceil(n_k/B), steps) reveals each client's dataset size to"
+                " within one batch"
+                if encrypted
+                else "computed from the private records without noise; n_k reveals each"
+                " client's dataset size"
+            ),
         },
         {
             "release": "federated evaluation replies",

@@ -214,8 +214,6 @@ def parse_train_reply(msg: Message, *, max_blob_bytes: int) -> TrainReply:
         if "update" not in content.array_records:
             raise WireError("train reply: no update although the client did not refuse")
         blob = blob_from_record(content.array_records["update"], max_bytes=max_blob_bytes)
-        if metrics["num-examples"] < 1:
-            raise WireError("train reply: num-examples must be >= 1")
     return TrainReply(metrics, blob, refusal, sha, hist, cid, sig)
 
 
