@@ -77,6 +77,34 @@ def test_default_cli_run_dp_bfv(tmp_path: Path) -> None:
     assert all(np.isfinite(v).all() for v in w.values())
     # the server-side view holds ciphertext only
     assert (out / "globals" / "round_005.bin").read_bytes()[:4] == b"FPHE"
+    _assert_server_view_is_public_only(out)
+
+
+def _assert_server_view_is_public_only(out: Path) -> None:
+    """What the server wrote (state, records, encrypted globals, its keys) holds no HE secret
+    and no plaintext model weights."""
+    from fedpriv.crypto import KeyHolder
+
+    secret = KeyHolder.load(out / "keys" / "client" / "secret.key").secret_key_bytes()
+    model = b"".join(
+        v.astype("<f4").tobytes() for v in load_file(str(out / "model.safetensors")).values()
+    )
+    server_files = [
+        p
+        for p in out.rglob("*")
+        if p.is_file()
+        and not p.is_relative_to(out / "keys" / "client")  # the clients' key folder
+        and not p.is_relative_to(out / "clients")  # the clients' own state
+        and p.name not in ("model.safetensors",)  # written by the key holder after decrypting
+        and not p.name.startswith("privacy_report")  # built by the data owner
+    ]
+    assert any(p.name == "checkpoint.json" for p in server_files)
+    windows = [secret[i : i + 64] for i in range(0, len(secret) - 64, 997)]
+    weights = [model[i : i + 64] for i in range(0, len(model) - 64, 4001)]
+    for p in server_files:
+        data = p.read_bytes()
+        assert not any(w in data for w in windows), f"{p} contains HE secret key bytes"
+        assert not any(w in data for w in weights), f"{p} contains plaintext model weights"
 
 
 def test_nonprivate_plaintext_reaches_90_percent(tmp_path: Path) -> None:
