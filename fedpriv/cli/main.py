@@ -45,7 +45,7 @@ def _progress_printer(console: Any, cfg: Any) -> Any:
             + (f"  refused {refused}" if refused else "")
             + (f"  rejected/failed {bad}" if bad else "")
             + f"  fed-acc {acc}"
-            + (f"  eps max {max(eps):.2f}" if eps and cfg.dp_on else "")
+            + (f"  eps max {max(eps):.2f}" if eps and cfg.record_dp else "")
             + (f"  up {sum(up) / len(up) / 1024:.1f} KiB/client" if up else "")
             + f"  {rec.seconds:.1f}s"
         )
@@ -83,13 +83,13 @@ def _summary(console: Any, result: Any, cfg: Any) -> None:
             f"{r['federated_accuracy']:.4f}" if r.get("federated_accuracy") is not None else "-",
             f"{r['accepted']}/{r['sampled']}",
             str(r["refused"]),
-            f"{max(eps):.3f}" if eps and cfg.dp_on else "-",
+            f"{max(eps):.3f}" if eps and cfg.record_dp else "-",
             f"{sum(ups) / len(ups) / 1024:.1f}" if ups else "-",
             f"{sum(downs) / len(downs) / 1024:.1f}" if downs else "-",
             f"{r['seconds']:.1f}",
         )
     console.print(t)
-    if cfg.dp_on:
+    if cfg.record_dp:
         et = Table(
             title=f"epsilon spent per client (delta={cfg.privacy.delta:g}, accountant={cfg.privacy.accountant}, budget {cfg.privacy.max_epsilon:g})"
         )
@@ -129,7 +129,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from fedpriv.simulation import simulate
 
     console = Console()
-    cfg = load_config(args.config, args.overrides)
+    if args.resume:
+        if args.out is None or args.config is not None or args.overrides:
+            from fedpriv.errors import ConfigError
+
+            raise ConfigError(
+                "--resume takes the run folder as --out and uses its own config (no --config/--set)"
+            )
+        cfg = load_config(args.out / "config.toml")
+    else:
+        cfg = load_config(args.config, args.overrides)
     console.print(
         f"fedpriv simulate '{cfg.name}': {cfg.federation.num_clients} clients, {cfg.rounds} rounds, "
         f"data={cfg.data.dataset} ({cfg.data.partitioner}), DP={cfg.privacy.mode}, encryption={cfg.encryption.scheme}"
@@ -138,34 +147,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         cfg, args.out, progress=None if args.quiet else _progress_printer(console, cfg)
     )
     _summary(console, result, cfg)
-    return 0
-
-
-def cmd_keys_init(args: argparse.Namespace) -> int:
-    from fedpriv.config import load_config
-    from fedpriv.data import load_dataset
-    from fedpriv.keys import deal_keys
-    from fedpriv.models import build_model, num_params
-    from fedpriv.simulation import partition_sizes
-
-    cfg = load_config(args.config, args.overrides)
-    d = cfg.data
-    train, _ = load_dataset(
-        d.dataset,
-        label_column=d.label_column,
-        holdout_fraction=d.holdout_fraction,
-        seed=cfg.seed,
-        max_samples=d.max_samples,
-    )
-    model = build_model(cfg.train.model, train.input_shape, train.num_classes, seed=cfg.seed)
-    weight = cfg.encryption.max_examples_per_client or max(partition_sizes(cfg, train))
-    params = deal_keys(cfg, num_values=num_params(model), max_weight=weight, out=args.out)
-    print(
-        f"wrote {args.out}/server (public parameters only) and {args.out}/client (secret: give only to clients)"
-    )
-    print(
-        f"scheme={params.scheme} values={params.num_values} fingerprint={params.fingerprint()[:16]}"
-    )
     return 0
 
 
@@ -185,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--quiet", action="store_true", help="no per-round progress")
     s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last server checkpoint (config and keys come from that folder)",
+    )
+    s.add_argument(
         "--engine",
         choices=["python", "flwr"],
         default="python",
@@ -197,14 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="project folder for --engine flwr (default: this checkout)",
     )
     s.set_defaults(func=cmd_simulate)
-    k = sub.add_parser("keys", help="key dealer")
-    ks = k.add_subparsers(dest="keys_command", required=True)
-    ki = ks.add_parser(
-        "init", help="create HE keys: public parameters for the server, the secret for clients"
-    )
-    _add_config_args(ki)
-    ki.add_argument("--out", type=Path, required=True)
-    ki.set_defaults(func=cmd_keys_init)
+    from fedpriv.cli.sweep_cmd import add_sweep_parser
+
+    add_sweep_parser(sub)
+    from fedpriv.cli.deploy_cmd import add_deploy_commands
+
+    add_deploy_commands(sub)
+    from fedpriv.cli.report_cmd import add_report_parser
+
+    add_report_parser(sub)
     return p
 
 

@@ -5,8 +5,7 @@ bundles) + ``fedpriv keys add-node --sealed`` (the third node gets its secret se
 by the server), ``fedpriv server start`` (flower-superlink, TLS + SuperNode auth), three
 ``fedpriv client start`` (flower-supernode each, separate processes), one ``fedpriv run`` of 2
 rounds with DP-SGD and BFV. During the run, client-1 is stopped right after it delivered round 1
-and started again before round 2 (clients 0 and 2 are paused meanwhile, so the server is still
-collecting round 1 when client-1 goes away and comes back).
+and started again before round 2 (the ServerApp process is paused meanwhile; see the fixture).
 
 Every process a test starts is stopped at the end, even on failure; the module then checks that
 no Flower process it started (matched by command line or working directory under its temporary
@@ -23,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,8 +148,9 @@ def _proc_refs(pid: int) -> tuple[str, str]:
     return cmd, cwd
 
 
-def leftover_processes(root: Path) -> list[tuple[int, str]]:
-    """Flower/fedpriv processes whose command line or working directory is under ``root``."""
+def leftover_processes(root: Path, marker: str = "") -> list[tuple[int, str]]:
+    """Flower/fedpriv processes whose command line or working directory is under ``root``, or
+    whose environment carries this test's ``FEDPRIV_TEST_MARK``."""
     out = []
     me = os.getpid()
     for entry in Path("/proc").iterdir():
@@ -165,13 +166,26 @@ def leftover_processes(root: Path) -> list[tuple[int, str]]:
         if state == "Z":
             continue
         mine = str(root) in cmd or cwd.startswith(str(root))
+        if not mine and marker:
+            try:
+                mine = (
+                    f"FEDPRIV_TEST_MARK={marker}".encode()
+                    in Path(f"/proc/{entry.name}/environ").read_bytes()
+                )
+            except OSError:
+                mine = False
         if mine and (any(n in cmd for n in FLOWER_NAMES) or "fedpriv" in cmd):
             out.append((int(entry.name), cmd[:200]))
     return out
 
 
-def kill_leftovers(root: Path) -> list[tuple[int, str]]:
-    left = leftover_processes(root)
+def serverapp_pids(root: Path) -> list[int]:
+    """Running flwr-serverapp processes of this test's SuperLink."""
+    return [pid for pid, cmd in leftover_processes(root) if "flwr-serverapp" in cmd]
+
+
+def kill_leftovers(root: Path, marker: str = "") -> list[tuple[int, str]]:
+    left = leftover_processes(root, marker)
     for pid, _ in left:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
@@ -251,6 +265,11 @@ def _connected(cli: Cli, count: int = 1) -> bool:
     return cli.text().count("connected to") >= count
 
 
+def _warm_log(root: Path, i: int) -> str:
+    p = root / f"state-{i}" / "logs" / "warm.log"
+    return p.read_text(errors="replace") if p.exists() else ""
+
+
 def _node_ids(state: Path) -> list[int]:
     log = state / "logs" / "supernode.log"
     return [int(m) for m in re.findall(r"SuperNode ID:\s*(\d+)", log.read_text(errors="replace"))]
@@ -259,14 +278,17 @@ def _node_ids(state: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     root = tmp_path_factory.mktemp("deploy")
+    marker = uuid.uuid4().hex
     env = {
         **os.environ,
         "FEDPRIV_HOME": str(root / "fedpriv-home"),
         "PYTHONUNBUFFERED": "1",
+        "FEDPRIV_TEST_MARK": marker,
     }
     cfg_path = root / "cfg.toml"
     cfg_path.write_text(CONFIG)
     procs: list[Cli] = []
+    paused: list[int] = []
     t0 = time.monotonic()
     try:
         r = fedpriv(
@@ -301,6 +323,10 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         procs.extend(clients.values())
         for c in clients.values():
             wait_for(lambda c=c: _connected(c), 120, f"{c.name} to connect")
+        for (
+            i
+        ) in clients:  # the warm ClientApp servers finish importing (else the first tasks run cold)
+            wait_for(lambda i=i: "ready" in _warm_log(root, i), 120, f"client-{i}'s warm server")
         fedn = Federation(
             root, env, port, root / "fed", cfg_path, root / "run", server, clients, procs=procs
         )
@@ -333,19 +359,25 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
             lambda: (fedn.run_dir / "relay.jsonl").exists() or not run.alive(), 240, "the key relay"
         )
         assert run.alive(), run.text()[-3000:]
-        # Pause clients 0 and 2: round 1 cannot finish before client-1 went away and came back.
-        for i in (0, 2):
-            clients[i].signal_group(signal.SIGSTOP)
         log1 = fedn.state(1) / "logs" / "supernode.log"
+        start1 = log1.stat().st_size
 
         def round1_sent() -> bool:
-            text = log1.read_text(errors="replace")
+            text = log1.read_bytes()[start1:].decode(errors="replace")
             i = text.find("Sending: train message")
             return i != -1 and "Sent successfully" in text[i:]
 
         wait_for(lambda: round1_sent() or not run.alive(), 240, "client-1 to deliver round 1")
         assert run.alive(), run.text()[-3000:]
         t_round1 = time.monotonic() - t0
+        # Restart client-1 between rounds. The ServerApp is paused meanwhile: the SuperLink
+        # answers "node unavailable" for a node that is offline when the ServerApp collects
+        # replies, and this test is about the device's restart, not about a round it misses.
+        apps = serverapp_pids(root)
+        assert apps, "no running flwr-serverapp found"
+        paused.extend(apps)
+        for pid in apps:
+            os.kill(pid, signal.SIGSTOP)
         clients[1].stop()
         assert not clients[1].alive()
         restarted = _client_cli(root, port, 1).start(env, root)
@@ -353,8 +385,9 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         clients[1] = restarted
         wait_for(lambda: _connected(restarted, 2), 120, "client-1 to reconnect")
         fedn.node_ids["client-1"] = _node_ids(fedn.state(1))
-        for i in (0, 2):
-            clients[i].signal_group(signal.SIGCONT)
+        for pid in apps:
+            os.kill(pid, signal.SIGCONT)
+        paused.clear()
         assert run.popen is not None
         rc = run.popen.wait(600)
         fedn.run_stdout = run.text()
@@ -369,10 +402,19 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         print("deployment timings (s since start):", json.dumps(fedn.timings))
         yield fedn
     finally:
+        for pid in paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        for p in procs:  # all at once: each CLI stops its own children
+            if p.alive():
+                p.signal_group(signal.SIGCONT)
+                p.signal_group(signal.SIGTERM)
         for p in reversed(procs):
             p.stop()
-        time.sleep(1.0)
-        left = kill_leftovers(root)
+        deadline = time.monotonic() + 15  # Flower's daemons take a moment after a clean stop
+        while leftover_processes(root, marker) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = kill_leftovers(root, marker)
         assert not left, f"processes left behind: {left}"
 
 
@@ -383,6 +425,7 @@ def _codec(path: Path):  # type: ignore[no-untyped-def]
     return ClientCodec.load(path)
 
 
+@pytest.mark.usefixtures("no_leftover_processes")
 def test_three_supernodes_two_rounds_match_simulation(
     federation: Federation, tmp_path: Path
 ) -> None:
@@ -545,8 +588,8 @@ def test_unregistered_node_is_refused(federation: Federation) -> None:
 
 def test_client_without_tls_cannot_connect(federation: Federation, tmp_path: Path) -> None:
     """A SuperNode speaking plain HTTP, or trusting another CA, never gets a node id."""
-    from fedpriv.deploy.dealer import init_federation
     from fedpriv.config import load_config
+    from fedpriv.deploy.dealer import init_federation
     from fedpriv.deploy.processes import flower_exe
 
     f = federation
@@ -578,6 +621,7 @@ def test_client_without_tls_cannot_connect(federation: Federation, tmp_path: Pat
                 os.killpg(p.pid, signal.SIGKILL)
     text = log.read_text(errors="replace")
     assert rc != 0 and "SuperNode ID" not in text, text[-2000:]
+    assert "Server disconnected without sending a response" in text
     # A bundle from another dealer (another CA) cannot verify the server's certificate.
     other = init_federation(
         load_config(f.cfg_path), tmp_path / "other", nodes=1, num_values=650, max_examples=384
@@ -601,6 +645,39 @@ def test_client_without_tls_cannot_connect(federation: Federation, tmp_path: Pat
         tmp_path,
         timeout=120,
     )
-    assert r.returncode == 8, r.stdout + r.stderr
-    assert "could not connect" in r.stderr and "CA" in r.stderr
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert "TLS verification of the SuperLink" in r.stderr and "CA" in r.stderr
     assert not leftover_processes(tmp_path)
+
+
+def test_failed_run_exits_non_zero_with_the_serverapp_log(
+    federation: Federation, tmp_path: Path
+) -> None:
+    """`flwr run` accepts the run and returns 0; `fedpriv run` waits for the real status."""
+    f = federation
+    r = fedpriv(
+        [
+            "run",
+            "--superlink",
+            f.superlink,
+            "--bundle",
+            "fed/server",
+            "--config",
+            str(f.cfg_path),
+            "--out",
+            str(tmp_path / "failed"),
+            "--server-state",
+            "server-state",
+            "--remote-bundle",
+            str(tmp_path / "no-such-bundle"),
+            "--no-relay",
+            "--timeout",
+            "180",
+        ],
+        f.env,
+        f.root,
+        timeout=240,
+    )
+    assert r.returncode == 8, r.stdout + r.stderr
+    assert "ended finished:failed" in r.stderr and "ServerApp log" in r.stderr
+    assert "no-such-bundle" in r.stderr  # the ServerApp's own error, from `flwr log`

@@ -1,0 +1,534 @@
+"""``fedpriv keys``, ``fedpriv server``, ``fedpriv client`` and ``fedpriv run``: deployment commands.
+
+See docs/deployment.md for the walk-through. Exit codes are those of :mod:`fedpriv.errors`
+(2 bad arguments/config, 3 data, 4 key/bundle/crypto, 7 state, 8 the run failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_deploy_commands"]
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", type=Path, default=None, help="experiment TOML (default: built-in default run)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set rounds=3 (repeatable)",
+    )
+
+
+# ----------------------------------------------------------------------------- keys
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from fedpriv.config import load_config
+    from fedpriv.deploy.dealer import init_federation
+
+    cfg = load_config(args.config, args.overrides)
+    nodes = args.nodes or cfg.federation.num_clients
+    r = init_federation(
+        cfg,
+        args.out,
+        nodes=nodes,
+        hosts=args.server_host,
+        sealed=args.sealed,
+        max_examples=args.max_examples,
+        max_clients=args.max_clients,
+        force=args.force,
+    )
+    _out(f"federation {r.federation}: {nodes} nodes, scheme={r.scheme}, {r.num_values} values")
+    _out(
+        f"  HE parameters {r.params_fingerprint[:16]}: at most {r.max_clients} updates per round, weight cap {r.max_weight}"
+    )
+    _out(
+        f"  dealer key fingerprint {r.dealer_fingerprint}  (give it to every operator out of band)"
+    )
+    _out(f"  {r.out / 'dealer'}: keep with the data owners (signing key, CA key, HE secret)")
+    _out(f"  {r.server_bundle}: copy to the server host (no HE secret)")
+    for cid, path in r.client_bundles.items():
+        how = "HE secret sealed, relayed by the server" if cid in r.sealed else "HE secret inside"
+        _out(f"  {path}: copy to the device of {cid} ({how})")
+    return 0
+
+
+def cmd_keys_add_node(args: argparse.Namespace) -> int:
+    from fedpriv.deploy.dealer import add_node
+
+    pub = args.public_key.read_bytes() if args.public_key else None
+    r = add_node(args.out, client_id=args.client_id, sealed=args.sealed, public_key=pub)
+    ((cid, path),) = r.client_bundles.items()
+    _out(f"added {cid} to federation {r.federation} ({r.num_nodes} nodes)")
+    _out(
+        f"  {path}: copy to the device"
+        + (" (its own node key: start with --node-key)" if pub else "")
+    )
+    _out(
+        f"  {r.server_bundle}: re-signed; copy it to the server host, then `fedpriv server register`"
+    )
+    if r.over_capacity:
+        _out(
+            f"  note: {r.num_nodes} nodes but the keys sum at most {r.max_clients} updates per "
+            "round: runs must sample at most that many (federation.fraction_train)"
+        )
+    return 0
+
+
+def cmd_keys_node_key(args: argparse.Namespace) -> int:
+    from fedpriv.deploy.dealer import write_node_key
+
+    priv, pub, fp = write_node_key(args.out)
+    _out(f"wrote {priv} (private, stays on this device) and {pub}")
+    _out(
+        f"fingerprint {fp}; send {pub.name} to the key dealer: fedpriv keys add-node --public-key {pub.name}"
+    )
+    return 0
+
+
+def cmd_keys_verify(args: argparse.Namespace) -> int:
+    from fedpriv.deploy.bundle import verify_bundle
+
+    b = verify_bundle(args.bundle)
+    if args.dealer_fingerprint and args.dealer_fingerprint.strip() != b.dealer_fingerprint:
+        from fedpriv.errors import CryptoError
+
+        raise CryptoError(
+            f"bundle {b.root} is signed by {b.dealer_fingerprint}, not {args.dealer_fingerprint}"
+        )
+    meta = {k: v for k, v in b.meta.items() if k != "files"}
+    _out(f"bundle {b.root}: signature and {len(b.meta['files'])} file digests OK")
+    _out(json.dumps(meta, indent=2, sort_keys=True))
+    return 0
+
+
+# ----------------------------------------------------------------------------- server
+def cmd_server_start(args: argparse.Namespace) -> int:
+    from fedpriv.deploy.processes import serve
+    from fedpriv.deploy.server import start_superlink
+
+    proc, bundle, state, nodes, _cli = start_superlink(
+        args.bundle,
+        address=args.address,
+        state_dir=args.state_dir,
+        dealer_fingerprint=args.dealer_fingerprint,
+    )
+    _out(
+        f"SuperLink ready on {args.address} (TLS, SuperNode authentication on), federation "
+        f"{bundle.federation}, pid {proc.pid}"
+    )
+    _out(
+        f"  registered {len(nodes)} nodes: "
+        + ", ".join(f"{c}={n}" for c, n in sorted(nodes.items()))
+    )
+    _out(f"  state {state.root}, log {state.log}")
+    _out("  stop with Ctrl-C (or SIGTERM)")
+    rc = serve(proc)
+    if rc:
+        print(
+            f"error: flower-superlink exited with status {rc}; log {state.log}:\n{proc.log_tail(20)}",
+            file=sys.stderr,
+        )
+        return 8
+    _out("SuperLink stopped")
+    return 0
+
+
+def cmd_server_register(args: argparse.Namespace) -> int:
+    from fedpriv.deploy.bundle import verify_bundle
+    from fedpriv.deploy.processes import FlwrCli
+    from fedpriv.deploy.server import ServerState, default_server_state, register_nodes
+
+    bundle = verify_bundle(args.bundle, kind="server")
+    state = ServerState(Path(args.state_dir or default_server_state(bundle)).expanduser().resolve())
+    cli = FlwrCli(state.flwr_home, args.address, bundle.path("ca.crt"))
+    before = state.read_nodes()
+    nodes = register_nodes(bundle, cli, state, only_new=True)
+    new = sorted(set(nodes) - set(before))
+    _out(
+        f"registered {len(new)} new nodes"
+        + (": " + ", ".join(f"{c}={nodes[c]}" for c in new) if new else "")
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- client
+def cmd_client_start(args: argparse.Namespace) -> int:
+    from fedpriv.deploy.client import prepare_client, start_supernode, state_lock
+    from fedpriv.deploy.processes import serve
+    from fedpriv.errors import ConfigError
+
+    if (args.partition_id is None) != (args.num_partitions is None):
+        raise ConfigError("give --partition-id and --num-partitions together")
+    partition = (args.partition_id, args.num_partitions) if args.partition_id is not None else None
+    prep = prepare_client(
+        args.bundle,
+        data=args.data,
+        state_dir=args.state_dir,
+        partition=partition,
+        node_key=args.node_key,
+        dealer_fingerprint=args.dealer_fingerprint,
+        max_epsilon=args.max_epsilon,
+        max_delta=args.max_delta,
+    )
+    if prep.pin == "new-pin":
+        _out(
+            f"trusting dealer key {prep.bundle.dealer_fingerprint} from now on (pinned in "
+            f"{prep.state}); compare it with the fingerprint the dealer gave you"
+        )
+    with state_lock(prep.state):
+        proc, warm = start_supernode(
+            prep,
+            args.superlink,
+            runtime_port=args.runtime_port,
+            connect_timeout=args.connect_timeout,
+            warm=not args.cold,
+        )
+        _out(
+            f"SuperNode {prep.client_id} connected to {args.superlink} (TLS, authenticated), "
+            f"pid {proc.pid}; state {prep.state}"
+        )
+        if not prep.has_secret:
+            _out(
+                "  no HE secret yet: it arrives sealed through the server when the next run starts"
+            )
+        rc = serve(proc, companions=(warm,) if warm is not None else ())
+    if rc:
+        print(
+            f"error: flower-supernode exited with status {rc}; log {prep.state / 'logs' / 'supernode.log'}:\n"
+            f"{proc.log_tail(20)}",
+            file=sys.stderr,
+        )
+        return 8
+    _out("SuperNode stopped")
+    return 0
+
+
+def cmd_client_evaluate(args: argparse.Namespace) -> int:
+    from fedpriv.config import load_config
+    from fedpriv.deploy.evaluate import evaluate_run, key_dir_for
+
+    key_dir = key_dir_for(bundle=args.bundle, state_dir=args.state_dir, keys_dir=args.keys_dir)
+    cfg = load_config(args.config, args.overrides) if args.config else None
+    res = evaluate_run(args.run_dir, key_dir, cfg=cfg, data=args.data, out=args.out)
+    for r in res.rounds:
+        acc = r.get("heldout_accuracy")
+        _out(
+            f"round {r['round']}: held-out accuracy "
+            + (f"{acc:.4f}" if acc is not None else "-")
+            + f"  ({r.get('accepted')}/{r.get('sampled')} updates)"
+        )
+    _out(f"evaluated on {res.heldout_examples} held-out examples; outputs in {res.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- run
+def _round_line(r: dict[str, Any]) -> str:
+    eps = [c.get("epsilon") for c in r.get("clients", {}).values() if c.get("epsilon") is not None]
+    acc = r.get("federated_accuracy")
+    return (
+        f"round {r['round']}: accepted {r['accepted']}/{r['sampled']}"
+        + (f"  refused {r['refused']}" if r.get("refused") else "")
+        + (f"  fed-acc {acc:.3f}" if acc is not None else "")
+        + (f"  eps max {max(eps):.2f}" if eps else "")
+        + f"  {r.get('seconds', 0.0):.1f}s"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedpriv.config import load_config
+    from fedpriv.deploy.run import submit_run
+
+    def _term(_sig: int, _frame: Any) -> None:  # stop the submitted run and clean up, as on Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    cfg = load_config(args.config, args.overrides)
+    _out(
+        f"fedpriv run '{cfg.name}': {cfg.federation.num_clients} clients, {cfg.rounds} rounds, "
+        f"DP={cfg.privacy.mode}, encryption={cfg.encryption.scheme} -> {args.superlink}"
+    )
+    outcome = submit_run(
+        args.superlink,
+        args.bundle,
+        cfg,
+        run_dir=args.out,
+        server_state=args.server_state,
+        dealer_fingerprint=args.dealer_fingerprint,
+        remote_bundle=args.remote_bundle,
+        relay=not args.no_relay,
+        node_wait_s=args.node_wait,
+        timeout_s=args.timeout,
+        progress=lambda r: _out(_round_line(r)),
+        on_submitted=lambda task, rid: _out(f"submitted {task} run {rid}"),
+    )
+    if outcome.relay:
+        _out(
+            "sealed keys relayed: "
+            + ", ".join(f"{c}={s}" for c, s in sorted(outcome.relay.items()))
+        )
+    m = outcome.metrics
+    _out(
+        f"run {outcome.run_id} {outcome.status} in {outcome.seconds:.1f}s; "
+        f"{len(m.get('rounds', []))} rounds; outputs {outcome.run_dir}"
+    )
+    if m.get("stop_reason"):
+        _out(f"stopped early: {m['stop_reason']}")
+    if args.evaluate_bundle or args.evaluate_keys:
+        from fedpriv.deploy.evaluate import evaluate_run, key_dir_for
+
+        key_dir = key_dir_for(bundle=args.evaluate_bundle, keys_dir=args.evaluate_keys)
+        res = evaluate_run(outcome.run_dir, key_dir, cfg=cfg)
+        _out(
+            "held-out accuracy (decrypted by the key holder): "
+            + (f"{res.final_accuracy:.4f}" if res.final_accuracy is not None else "-")
+        )
+    else:
+        _out(
+            "the server holds ciphertexts only: a key holder evaluates with "
+            f"`fedpriv client evaluate --run-dir {outcome.run_dir} --bundle CLIENT_BUNDLE`"
+        )
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def add_deploy_commands(sub: Any) -> None:
+    """Register ``keys``, ``server``, ``client`` and ``run`` on the top-level subparsers."""
+    fp_help = "the dealer key fingerprint given to you out of band (default: pin on first use)"
+
+    k = sub.add_parser("keys", help="key dealer: bundles for the server and each node")
+    ks = k.add_subparsers(dest="keys_command", required=True)
+    ki = ks.add_parser(
+        "init",
+        help="create a federation: HE keys, TLS CA + server certificate, node keys, signed bundles",
+    )
+    _add_config_args(ki)
+    ki.add_argument("--out", type=Path, required=True, help="output folder")
+    ki.add_argument(
+        "--nodes",
+        type=int,
+        default=None,
+        help="number of client bundles (default: federation.num_clients)",
+    )
+    ki.add_argument(
+        "--server-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="DNS name or IP clients use to reach the server (repeatable; 127.0.0.1/localhost always)",
+    )
+    ki.add_argument(
+        "--sealed",
+        action="store_true",
+        help="relay the HE secret sealed through the server instead of putting it in the client bundles",
+    )
+    ki.add_argument(
+        "--max-examples",
+        type=int,
+        default=None,
+        help="largest per-client example count (weight cap); default from the config's dataset",
+    )
+    ki.add_argument(
+        "--max-clients",
+        type=int,
+        default=None,
+        help="largest number of updates per round (default: max(nodes, clients per round))",
+    )
+    ki.add_argument("--force", action="store_true", help="replace a federation already in --out")
+    ki.set_defaults(func=cmd_keys_init)
+
+    ka = ks.add_parser("add-node", help="add a node to a federation and re-sign the server bundle")
+    ka.add_argument("--out", type=Path, required=True, help="the folder `keys init` wrote")
+    ka.add_argument("--client-id", default=None)
+    ka.add_argument(
+        "--sealed", action="store_true", help="relay its HE secret sealed through the server"
+    )
+    ka.add_argument(
+        "--public-key",
+        type=Path,
+        default=None,
+        help="node.pub made on the device with `fedpriv keys node-key`",
+    )
+    ka.set_defaults(func=cmd_keys_add_node)
+
+    kn = ks.add_parser("node-key", help="make a node identity key on the device itself")
+    kn.add_argument("--out", type=Path, required=True)
+    kn.set_defaults(func=cmd_keys_node_key)
+
+    kv = ks.add_parser("verify", help="verify a bundle's signature and file digests")
+    kv.add_argument("--bundle", type=Path, required=True)
+    kv.add_argument("--dealer-fingerprint", default=None, help=fp_help)
+    kv.set_defaults(func=cmd_keys_verify)
+
+    s = sub.add_parser("server", help="the SuperLink (server host)")
+    ss = s.add_subparsers(dest="server_command", required=True)
+    st = ss.add_parser(
+        "start",
+        help="start flower-superlink with TLS and node authentication; register the bundle's nodes",
+    )
+    st.add_argument("--bundle", type=Path, required=True, help="the server bundle")
+    st.add_argument(
+        "--address",
+        default="127.0.0.1:9092",
+        help="HOST:PORT to listen on (0.0.0.0:PORT for all interfaces)",
+    )
+    st.add_argument(
+        "--state-dir", type=Path, default=None, help="default $FEDPRIV_HOME/server-<federation>"
+    )
+    st.add_argument("--dealer-fingerprint", default=None, help=fp_help)
+    st.set_defaults(func=cmd_server_start)
+    sr = ss.add_parser(
+        "register", help="register nodes added to the bundle since the server started"
+    )
+    sr.add_argument("--bundle", type=Path, required=True)
+    sr.add_argument("--address", default="127.0.0.1:9092", help="the running SuperLink")
+    sr.add_argument("--state-dir", type=Path, default=None)
+    sr.set_defaults(func=cmd_server_register)
+
+    c = sub.add_parser("client", help="a SuperNode on an edge device, and key-holder evaluation")
+    cs = c.add_subparsers(dest="client_command", required=True)
+    cst = cs.add_parser(
+        "start", help="start flower-supernode running the fedpriv ClientApp on local data"
+    )
+    cst.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    cst.add_argument("--bundle", type=Path, required=True, help="this node's client bundle")
+    cst.add_argument(
+        "--data",
+        default=None,
+        help="this device's data: a CSV file, an MNIST folder, or csv:PATH / mnist:PATH / hf:NAME / digits",
+    )
+    cst.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="owner-only state (keys, privacy accountant); default $FEDPRIV_HOME/<client-id>-<federation>",
+    )
+    cst.add_argument(
+        "--partition-id",
+        type=int,
+        default=None,
+        help="demo: train on this partition of the run's dataset instead of --data",
+    )
+    cst.add_argument("--num-partitions", type=int, default=None)
+    cst.add_argument(
+        "--node-key",
+        type=Path,
+        default=None,
+        help="node identity key made on the device (when the bundle has none)",
+    )
+    cst.add_argument("--dealer-fingerprint", default=None, help=fp_help)
+    cst.add_argument(
+        "--runtime-port",
+        type=int,
+        default=None,
+        help="local port of the SuperNode's Runtime API (default: a free port)",
+    )
+    cst.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the SuperLink to accept the node",
+    )
+    cst.add_argument(
+        "--max-epsilon",
+        type=float,
+        default=None,
+        help="this device's own privacy budget: lowers any run's privacy.max_epsilon to it and "
+        "refuses runs without record-level DP",
+    )
+    cst.add_argument(
+        "--max-delta",
+        type=float,
+        default=1e-5,
+        help="with --max-epsilon: refuse runs whose privacy.delta is larger (default 1e-5)",
+    )
+    cst.add_argument(
+        "--cold",
+        action="store_true",
+        help="no warm ClientApp server: a fresh process per message (less idle memory, more CPU per round)",
+    )
+    cst.set_defaults(func=cmd_client_start)
+    ce = cs.add_parser(
+        "evaluate", help="as a key holder: decrypt a run's global models and evaluate them"
+    )
+    ce.add_argument("--run-dir", type=Path, required=True, help="a copy of the server's run folder")
+    ce.add_argument(
+        "--bundle", type=Path, default=None, help="a client bundle holding the HE secret"
+    )
+    ce.add_argument(
+        "--state-dir", type=Path, default=None, help="a device state folder (sealed delivery)"
+    )
+    ce.add_argument(
+        "--keys-dir", type=Path, default=None, help="any folder with params.json + secret.key"
+    )
+    ce.add_argument(
+        "--data", default=None, help="held-out data (default: the config dataset's held-out split)"
+    )
+    ce.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: the run folder)"
+    )
+    _add_config_args(ce)
+    ce.set_defaults(func=cmd_client_evaluate)
+
+    r = sub.add_parser(
+        "run", help="submit a training run to the SuperLink and wait for its real final status"
+    )
+    r.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    r.add_argument("--bundle", type=Path, required=True, help="the server bundle")
+    _add_config_args(r)
+    r.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run folder on the server host (default runs/<timestamp>-<name>)",
+    )
+    r.add_argument(
+        "--server-state",
+        type=Path,
+        default=None,
+        help="`fedpriv server start`'s --state-dir (registered node ids)",
+    )
+    r.add_argument("--dealer-fingerprint", default=None, help=fp_help)
+    r.add_argument(
+        "--remote-bundle",
+        default=None,
+        help="the server bundle's path on the SuperLink host, if different",
+    )
+    r.add_argument(
+        "--no-relay", action="store_true", help="do not relay sealed keys before training"
+    )
+    r.add_argument(
+        "--node-wait", type=float, default=600.0, help="seconds the server waits for all nodes"
+    )
+    r.add_argument(
+        "--timeout",
+        type=float,
+        default=6 * 3600.0,
+        help="give up (and stop the run) after this many seconds",
+    )
+    r.add_argument(
+        "--evaluate-bundle",
+        type=Path,
+        default=None,
+        help="also decrypt and evaluate with this client bundle (operator is a data owner)",
+    )
+    r.add_argument(
+        "--evaluate-keys",
+        type=Path,
+        default=None,
+        help="same, with a key folder (e.g. the dealer folder)",
+    )
+    r.set_defaults(func=cmd_run)

@@ -1,0 +1,288 @@
+"""``fedpriv run``: submit a training run to a SuperLink and report its real final status.
+
+``flwr run`` returns 0 as soon as the SuperLink accepted the run, even if the ServerApp fails
+later, so this module submits with ``flwr run --format json``, then polls
+``flwr list --run-id ID --format json`` until the run is ``finished:*``, and only reports
+success for ``finished:completed``. When the server bundle holds sealed keys, a short
+``relay-keys`` run goes first (see :mod:`fedpriv.deploy.relay`).
+
+The ServerApp runs on the SuperLink's host and reads the config, the server bundle and the
+run folder by path: run ``fedpriv run`` on the server host (or give the paths as they are
+there, with ``--remote-bundle``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedpriv.config import RunConfig, config_to_dict
+from fedpriv.deploy.bundle import check_pin, verify_bundle
+from fedpriv.deploy.processes import FlwrCli, parse_address
+from fedpriv.deploy.project import write_project
+from fedpriv.deploy.server import ServerState, default_server_state
+from fedpriv.errors import ConfigError, RunFailedError
+from fedpriv.strategy.codec import load_params_file
+
+__all__ = ["RunOutcome", "submit_run"]
+
+log = logging.getLogger("fedpriv.deploy.run")
+COMPLETED = "finished:completed"
+
+
+@dataclass
+class RunOutcome:
+    """What happened to a submitted run."""
+
+    run_id: int
+    status: str
+    run_dir: Path
+    seconds: float
+    relay: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True only for ``finished:completed``."""
+        return self.status == COMPLETED
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)
+
+
+def _write_run_config(path: Path, values: dict[str, object]) -> Path:
+    path.write_text(
+        "\n".join(f"{k} = {_toml_value(v)}" for k, v in values.items()) + "\n", encoding="utf-8"
+    )
+    return path
+
+
+def _write_config(cfg: RunConfig, run_dir: Path) -> Path:
+    import tomli_w
+
+    d = config_to_dict(cfg)
+    (run_dir / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True), encoding="utf-8")
+    path = run_dir / "config.toml"
+    path.write_text(tomli_w.dumps(d), encoding="utf-8")
+    return path
+
+
+def check_config_fits(cfg: RunConfig, params_path: Path, registered: int | None) -> None:
+    """Refuse a config the bundle's keys or the registered nodes cannot serve (before submitting)."""
+    params = load_params_file(params_path)
+    errors: list[str] = []
+    if params.scheme != cfg.encryption.scheme:
+        errors.append(
+            f"encryption.scheme={cfg.encryption.scheme!r} but the bundle's keys are for "
+            f"{params.scheme!r}"
+        )
+    per_round = cfg.clients_per_round
+    if per_round > params.max_clients:
+        errors.append(
+            f"federation samples {per_round} clients per round but the keys were sized for at "
+            f"most {params.max_clients} (lower fraction_train, or deal keys with --max-clients)"
+        )
+    if registered is not None and cfg.federation.num_clients > registered:
+        errors.append(
+            f"federation.num_clients={cfg.federation.num_clients} but the server registered "
+            f"{registered} nodes; the run would wait for nodes that cannot join"
+        )
+    if errors:
+        raise ConfigError(errors)
+
+
+def _wait(
+    cli: FlwrCli,
+    run_id: int,
+    *,
+    timeout: float,
+    poll: float,
+    on_poll: Callable[[], None] | None = None,
+) -> str:
+    deadline = time.monotonic() + timeout
+    status = ""
+    while True:
+        try:
+            status = str(cli.run_status(run_id).get("status", ""))
+        except RunFailedError as exc:  # transient: the SuperLink is busy starting the app
+            log.debug("status poll failed: %s", exc)
+        if on_poll is not None:
+            on_poll()
+        if status.startswith("finished"):
+            return status
+        if time.monotonic() > deadline:
+            cli.stop_run(run_id)
+            raise RunFailedError(
+                f"run {run_id} did not finish within {timeout:.0f}s (last status {status or '?'}); "
+                "stopped it"
+            )
+        time.sleep(poll)
+
+
+def _fail(cli: FlwrCli, run_id: int, status: str, what: str, run_dir: Path) -> RunFailedError:
+    tail = "\n".join(cli.logs(run_id).strip().splitlines()[-25:])
+    reason = ""
+    metrics = run_dir / "metrics.json"
+    if metrics.exists():
+        with contextlib.suppress(ValueError):
+            reason = str(json.loads(metrics.read_text(encoding="utf-8")).get("stop_reason", ""))
+    return RunFailedError(
+        f"{what} run {run_id} ended {status}"
+        + (f": {reason}" if reason else "")
+        + (f"\n--- ServerApp log (flwr log {run_id}) ---\n{tail}" if tail else "")
+    )
+
+
+def submit_run(
+    superlink: str,
+    bundle_dir: Path,
+    cfg: RunConfig,
+    *,
+    run_dir: Path | None = None,
+    server_state: Path | None = None,
+    dealer_fingerprint: str | None = None,
+    remote_bundle: str | None = None,
+    relay: bool = True,
+    node_wait_s: float = 600.0,
+    timeout_s: float = 6 * 3600.0,
+    poll_s: float = 3.0,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    on_submitted: Callable[[str, int], None] | None = None,
+) -> RunOutcome:
+    """Submit ``cfg`` as a run (after the key relay, when needed) and wait for its final status.
+
+    Parameters
+    ----------
+    superlink : str
+        ``HOST:PORT`` of the SuperLink.
+    bundle_dir : Path
+        The server bundle (verified here; its CA authenticates the SuperLink).
+    cfg : RunConfig
+        The experiment; written to ``<run-dir>/config.toml`` for the ServerApp.
+    run_dir : Path, optional
+        Where the ServerApp writes (default ``runs/<timestamp>-<name>``).
+    server_state : Path, optional
+        ``fedpriv server start``'s state folder (for the registered node ids).
+    remote_bundle : str, optional
+        The server bundle's path on the SuperLink host, if it differs from ``bundle_dir``.
+    relay : bool
+        Relay sealed keys first when the bundle holds any.
+    progress : callable, optional
+        Called with each new round's metrics entry (when the run folder is local).
+    on_submitted : callable, optional
+        Called with (task, run id) right after each submission.
+
+    Returns
+    -------
+    RunOutcome
+
+    Raises
+    ------
+    RunFailedError
+        The relay or the training run did not finish as ``finished:completed``.
+    """
+    bundle = verify_bundle(bundle_dir, kind="server")
+    state = ServerState(
+        (Path(server_state) if server_state else default_server_state(bundle))
+        .expanduser()
+        .resolve()
+    )
+    if state.root.exists():
+        check_pin(bundle, state.root, dealer_fingerprint)
+    nodes = state.read_nodes()
+    if not nodes:
+        log.warning(
+            "no registered node ids in %s: every node the SuperLink knows may be sampled",
+            state.root,
+        )
+    check_config_fits(cfg, bundle.path("params.json"), len(nodes) if nodes else None)
+    parse_address(superlink)
+    root = (
+        Path(run_dir) if run_dir else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+    ).resolve()
+    if root.exists() and any(root.iterdir()):
+        raise ConfigError(f"{root}: run folder exists and is not empty; choose another --out")
+    root.mkdir(parents=True, exist_ok=True)
+    cfg_path = _write_config(cfg, root)
+    keys_dir = remote_bundle or str(bundle.root)
+    allowed = ",".join(str(n) for n in sorted(nodes.values()))
+    relay_status: dict[str, Any] | None = None
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedpriv-run-") as tmp:
+        tmpd = Path(tmp)
+        project = write_project(tmpd / "app")
+        cli = FlwrCli(tmpd / "flwr-home", superlink, bundle.path("ca.crt"))
+        common: dict[str, object] = {
+            "keys-dir": keys_dir,
+            "run-dir": str(root),
+            "allowed-nodes": allowed,
+            "node-map": ",".join(f"{c}={n}" for c, n in sorted(nodes.items())),
+            "node-wait-s": float(node_wait_s),
+        }
+        if relay and any(r.startswith("relay/") for r in bundle.meta["files"]):
+            rc_path = _write_run_config(
+                tmpd / "relay.toml", {**common, "fedpriv-task": "relay-keys"}
+            )
+            rid = cli.submit(project, rc_path)
+            if on_submitted:
+                on_submitted("relay-keys", rid)
+            try:
+                status = _wait(cli, rid, timeout=timeout_s, poll=poll_s)
+            except KeyboardInterrupt:
+                cli.stop_run(rid)
+                raise
+            if status != COMPLETED:
+                raise _fail(cli, rid, status, "key relay", root)
+            from fedpriv.deploy.relay import relay_summary
+
+            relay_status = {e["client_id"]: e["status"] for e in relay_summary(root)}
+        rc_path = _write_run_config(
+            tmpd / "train.toml",
+            {**common, "fedpriv-task": "train", "fedpriv-config": str(cfg_path)},
+        )
+        run_id = cli.submit(project, rc_path)
+        if on_submitted:
+            on_submitted("train", run_id)
+        seen = {"rounds": 0}
+
+        def _poll() -> None:
+            if progress is None:
+                return
+            try:
+                doc = json.loads((root / "metrics.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return
+            rounds = doc.get("rounds", [])
+            for r in rounds[seen["rounds"] :]:
+                progress(r)
+            seen["rounds"] = len(rounds)
+
+        try:
+            status = _wait(cli, run_id, timeout=timeout_s, poll=poll_s, on_poll=_poll)
+        except KeyboardInterrupt:
+            cli.stop_run(run_id)
+            raise
+        _poll()
+        if status != COMPLETED:
+            raise _fail(cli, run_id, status, "training", root)
+    metrics: dict[str, Any] = {}
+    try:
+        metrics = json.loads((root / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunFailedError(
+            f"run {run_id} completed but {root}/metrics.json is unreadable ({exc}); was the "
+            "run folder on another host? (`fedpriv run` must run on the SuperLink host)"
+        ) from None
+    return RunOutcome(run_id, status, root, time.perf_counter() - t0, relay_status, metrics)
