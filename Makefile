@@ -3,7 +3,7 @@ PYTHON ?= python3
 # torch is pinned to the CPU wheel: a looser requirement pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-dev simulate lint typecheck test test-fast
+.PHONY: install install-dev simulate lint typecheck test test-slow test-all
 
 install:
 	$(PYTHON) -m pip install -q "$(TORCH)" -e .
@@ -17,16 +17,18 @@ simulate: install
 	fedpriv simulate
 
 lint:
-	$(PYTHON) -m ruff check fedpriv clients server tests
-	$(PYTHON) -m ruff format --check fedpriv clients server tests
+	$(PYTHON) -m ruff check fedpriv clients server tests benchmarks
+	$(PYTHON) -m ruff format --check fedpriv clients server tests benchmarks
 
 typecheck:
 	$(PYTHON) -m mypy
 
-# Lint, types, then the whole suite (slow tests included: CI runs them too).
+# The default suite: lint, types, and every test not marked slow (about 15 minutes on 2 cores).
 test: install-dev lint typecheck
-	$(PYTHON) -m pytest
-
-# Everything except tests marked slow.
-test-fast: install-dev lint typecheck
 	$(PYTHON) -m pytest -m "not slow"
+
+# The slow end-to-end tests (CI runs them after `make test`).
+test-slow: install-dev
+	$(PYTHON) -m pytest -m slow
+
+test-all: test test-slow
