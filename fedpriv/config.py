@@ -114,7 +114,7 @@ class EncryptionConfig:
     max_examples_per_client: int = 0
     """Public bound on a client's aggregation weight (0 = derive from the data in simulation)."""
     poly_modulus_degree: int = 0
-    """0 = choose automatically (BFV 4096, CKKS 8192)."""
+    """0 = choose automatically (BFV 2048 or 4096, whichever pads less; CKKS 8192)."""
     coeff_modulus_bits: tuple[int, ...] = ()
     """() = choose automatically from model size and number of clients."""
     ckks_scale_bits: int = 40

@@ -30,12 +30,14 @@ from typing import Any, Literal
 from fedpriv.errors import ConfigError, CryptoError, WireError
 
 __all__ = [
+    "BFV_AUTO_N",
     "BFV_Q_CANDIDATES",
     "FRESH_NOISE_BITS",
     "MAX_PLAIN_BITS",
     "MIN_QUANT_SCALE",
     "NOISE_MARGIN_BITS",
     "HEParams",
+    "bfv_degree_order",
     "choose_params",
     "max_plain_bits",
     "quant_scale_for",
@@ -46,6 +48,12 @@ Scheme = Literal["bfv", "ckks"]
 FORMAT = "fedpriv.crypto.HEParams/1"
 BFV_Q_CANDIDATES = (32, 40, 48, 56, 60)
 BFV_DEFAULT_N = 4096
+# Automatic BFV ring degrees. N = 2048 allows at most 54 coefficient-modulus bits at 128-bit
+# security (enough for q <= 48) and halves the padding of small models; N = 4096 encrypts about
+# 10% more values per CPU second (benchmarks/he.py), so it stays the choice unless the smaller
+# ring saves at least BFV_PADDING_SAVING of the encoded slots.
+BFV_AUTO_N = (4096, 2048)
+BFV_PADDING_SAVING = 0.05
 CKKS_DEFAULT_N = 8192
 CKKS_DEFAULT_BITS = (60, 40, 40, 60)
 FRESH_NOISE_BITS = 6
@@ -362,6 +370,23 @@ def _ckks_value_bits(p: HEParams) -> int:
     return max(1, math.ceil(math.log2(biggest)))
 
 
+def bfv_degree_order(num_values: int) -> tuple[int, ...]:
+    """Ring degrees to try, best first, when BFV's N is chosen automatically.
+
+    The encoded vector (``num_values`` + 2 slots) is padded to whole ciphertexts of N slots, and
+    the upload grows with the padded length. A 6,090-value model fills 2 x 4096 = 8,192 slots
+    (1.34x padding) but only 3 x 2048 = 6,144 (1.01x) with N = 2048. The smaller ring comes first
+    only when it saves at least ``BFV_PADDING_SAVING`` of the slots; it cannot hold as large a
+    modulus, so N = 4096 always stays as the fallback.
+    """
+    slots = num_values + 2
+    padded = {n: -(-slots // n) * n for n in BFV_AUTO_N}
+    best = min(BFV_AUTO_N, key=lambda n: (padded[n], -n))
+    if padded[best] <= padded[BFV_DEFAULT_N] * (1 - BFV_PADDING_SAVING):
+        return (best, *(n for n in BFV_AUTO_N if n != best))
+    return (BFV_DEFAULT_N, *(n for n in BFV_AUTO_N if n != BFV_DEFAULT_N))
+
+
 def choose_params(
     scheme: str,
     num_values: int,
@@ -375,9 +400,11 @@ def choose_params(
 ) -> HEParams:
     """Choose parameters that sum ``max_clients`` updates without overflow or decryption failure.
 
-    BFV: N = 4096 unless given; the smallest q in ``BFV_Q_CANDIDATES`` (or the given primes)
-    whose noise rule leaves a plaintext modulus t large enough for a quantization scale >= 16.
-    t is the largest batching prime the rule allows, which maximizes the scale (precision).
+    BFV: N from :func:`bfv_degree_order` unless given (4096, or 2048 where that cuts the padding
+    of a small model by 5% or more and the modulus fits); the smallest q in ``BFV_Q_CANDIDATES``
+    (or the given primes) whose noise rule leaves a plaintext modulus t large enough for a
+    quantization scale >= 16. t is the largest batching prime the rule allows, which maximizes
+    the scale (precision).
 
     CKKS: N = 8192 and primes (60, 40, 40, 60) unless given, scale 2**scale_bits.
 
@@ -434,38 +461,43 @@ def choose_params(
     # Imported here because the backends import this module.
     from fedpriv.crypto.bfv import batching_prime, seal_params_error
 
-    n = poly_modulus_degree or BFV_DEFAULT_N
+    degrees = (poly_modulus_degree,) if poly_modulus_degree else bfv_degree_order(num_values)
     candidates = [bits_in] if bits_in else [(q,) for q in BFV_Q_CANDIDATES]
     span = max_clients * max_weight * r
     need_t_bits = math.ceil(math.log2(2 * (min_quant_scale * span + max_clients + 2)))
     tried: list[str] = []
+    # Smallest modulus first (it sets the bytes per value), then the preferred ring degree.
     for bits in candidates:
         q = bits[0] if len(bits) == 1 else sum(bits[:-1])
         tb = max_plain_bits(q, max_clients)
         if tb < need_t_bits:
             tried.append(f"q={q} bits allows t of {tb} bits")
             continue
-        try:
-            t = batching_prime(n, tb)
-        except ValueError as e:
-            tried.append(f"q={q}: {e}")
-            continue
-        reason = seal_params_error(n, bits, t)
-        if reason:
-            tried.append(f"q={q} ({list(bits)}): {reason}")
-            continue
-        s = quant_scale_for(t, max_clients, max_weight, r)
-        if s < min_quant_scale:
-            tried.append(f"q={q} gives quantization scale {s} < {min_quant_scale}")
-            continue
-        try:
-            return HEParams("bfv", n, bits, t, 0, num_values, max_clients, max_weight, r, float(s))
-        except CryptoError as e:
-            raise ConfigError(f"encryption: {e}") from None
+        for n in degrees:
+            try:
+                t = batching_prime(n, tb)
+            except ValueError as e:
+                tried.append(f"N={n}, q={q}: {e}")
+                continue
+            reason = seal_params_error(n, bits, t)
+            if reason:
+                tried.append(f"N={n}, q={q} ({list(bits)}): {reason}")
+                continue
+            s = quant_scale_for(t, max_clients, max_weight, r)
+            if s < min_quant_scale:
+                tried.append(f"N={n}, q={q} gives quantization scale {s} < {min_quant_scale}")
+                continue
+            try:
+                return HEParams(
+                    "bfv", n, bits, t, 0, num_values, max_clients, max_weight, r, float(s)
+                )
+            except CryptoError as e:
+                raise ConfigError(f"encryption: {e}") from None
+    ring = " or ".join(f"N={n}" for n in degrees)
     raise ConfigError(
         f"encryption: max_clients x max_weight x value_range = {max_clients} x {max_weight} x "
         f"{r:g} = {span:.4g} needs a {need_t_bits}-bit BFV plaintext modulus (scale >= "
-        f"{min_quant_scale}) but with N={n} the noise budget after {max_clients} additions allows "
+        f"{min_quant_scale}) but with {ring} the noise budget after {max_clients} additions allows "
         f"less ({'; '.join(tried)}). Lower encryption.max_examples_per_client or value_range, "
         "or use fewer clients per round (or set larger encryption.coeff_modulus_bits / "
         "poly_modulus_degree)"

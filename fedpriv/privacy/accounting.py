@@ -95,10 +95,21 @@ def _opacus_accountant(name: str, history: Sequence[DpEvent]) -> Any:
 
 
 def opacus_epsilon(history: Sequence[DpEvent], delta: float, accountant: str = "prv") -> float:
-    """Cumulative epsilon of ``history`` at ``delta`` with an Opacus accountant (0 if empty)."""
+    """Cumulative epsilon of ``history`` at ``delta`` with an Opacus accountant (0 if empty).
+
+    Results are memoized per process: a PRV evaluation costs about 0.75 s on one core, and a
+    client asks for the same history's epsilon several times per round (budget check before
+    training, metric after it, next round's starting point). ``benchmarks/round.py`` measured
+    this accounting at 90% of a DP round before the cache.
+    """
     hist = compress_history(history)
     if not hist:
         return 0.0
+    return _opacus_epsilon(tuple(hist), float(delta), accountant)
+
+
+@functools.lru_cache(maxsize=4096)
+def _opacus_epsilon(hist: tuple[DpEvent, ...], delta: float, accountant: str) -> float:
     acc = _opacus_accountant(accountant, hist)
     with warnings.catch_warnings():
         # PRV warns (and may return inf) far beyond any sane budget; inf is the honest answer.

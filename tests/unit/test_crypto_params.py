@@ -10,8 +10,10 @@ import pytest
 from fedpriv.crypto import HEParams, choose_params
 from fedpriv.crypto.bfv import BfvSecret
 from fedpriv.crypto.params import (
+    BFV_PADDING_SAVING,
     FRESH_NOISE_BITS,
     MIN_QUANT_SCALE,
+    bfv_degree_order,
     max_plain_bits,
     quant_scale_for,
 )
@@ -20,13 +22,36 @@ from fedpriv.errors import ConfigError, CryptoError, WireError
 
 def test_bfv_defaults_pick_smallest_q() -> None:
     p = choose_params("bfv", 1000, max_clients=10, max_weight=100, value_range=4.0)
-    assert p.scheme == "bfv" and p.poly_modulus_degree == 4096
+    # 1,002 slots fit one N=2048 ciphertext: half the padding of N=4096.
+    assert p.scheme == "bfv" and p.poly_modulus_degree == 2048
     assert p.coeff_modulus_bits == (32,)
     assert p.plain_modulus.bit_length() == max_plain_bits(32, 10)
     assert p.quant_scale == quant_scale_for(p.plain_modulus, 10, 100, 4.0) >= MIN_QUANT_SCALE
     # The sum of K summands at the extremes stays below t/2.
     assert 10 * (100 * 4.0 * p.quant_scale + 1) < p.plain_modulus // 2
     assert p.num_ciphertexts == 1 and p.scale_bits == 0
+
+
+@pytest.mark.parametrize(
+    ("num_values", "degree"),
+    [(6090, 2048), (9000, 2048), (4000, 4096), (100_000, 4096), (1_000_000, 4096)],
+)
+def test_bfv_ring_degree_minimises_padding(num_values: int, degree: int) -> None:
+    p = choose_params("bfv", num_values, max_clients=10, max_weight=256, value_range=4.0)
+    assert p.poly_modulus_degree == degree
+    padded = p.num_ciphertexts * p.slots_per_ciphertext
+    other = 4096 if degree == 2048 else 2048  # the other automatic degree
+    alt = -(-p.num_slots // other) * other
+    assert padded <= alt / (1 - BFV_PADDING_SAVING)
+    assert bfv_degree_order(num_values)[0] == degree
+
+
+def test_bfv_small_ring_falls_back_when_the_modulus_does_not_fit() -> None:
+    # N=2048 holds at most 54 modulus bits at 128-bit security: a 56-bit q needs N=4096.
+    p = choose_params("bfv", 1000, max_clients=10, max_weight=2**33, value_range=4.0)
+    assert p.data_bits > 54 and p.poly_modulus_degree == 4096
+    q = choose_params("bfv", 1000, 10, 100, 4.0, poly_modulus_degree=4096)
+    assert q.poly_modulus_degree == 4096  # an explicit degree is kept
 
 
 def test_bfv_params_scale_with_max_clients() -> None:
@@ -156,12 +181,19 @@ def test_error_bound_shapes() -> None:
 # --------------------------------------------------------------------------- noise rule vs SEAL
 
 
+@pytest.mark.parametrize("degree", [2048, 4096])
 @pytest.mark.parametrize("q_bits", [32, 40])
 @pytest.mark.parametrize("k", [1, 10, 100])
-def test_noise_rule_matches_measured_budget(q_bits: int, k: int) -> None:
+def test_noise_rule_matches_measured_budget(degree: int, q_bits: int, k: int) -> None:
     """Summing K fresh ciphertexts with the largest t the rule allows leaves budget and is exact."""
     p = choose_params(
-        "bfv", 4000, max_clients=k, max_weight=1, value_range=1.0, coeff_modulus_bits=(q_bits,)
+        "bfv",
+        degree - 2,
+        max_clients=k,
+        max_weight=1,
+        value_range=1.0,
+        poly_modulus_degree=degree,
+        coeff_modulus_bits=(q_bits,),
     )
     t = p.plain_modulus
     assert t.bit_length() == max_plain_bits(q_bits, k)
