@@ -185,3 +185,29 @@ def test_flwr_run_engine_reports_a_failed_run(tmp_path: Path) -> None:
             num_supernodes=2,
             timeout=300,
         )
+
+
+def test_client_level_budget_stops_the_run_before_it_is_exceeded(tmp_path: Path) -> None:
+    """Client-level DP: the run stops before the round that would pass client_max_epsilon."""
+    from fedpriv.privacy.client_level import client_level_epsilon, client_level_plan
+
+    base = [
+        "name=cl",
+        "rounds=4",
+        "federation.num_clients=3",
+        "train.model=logreg",
+        "privacy.mode=client",
+        "privacy.client_noise_multiplier=1.5",
+    ]
+    plan = client_level_plan(load_config(None, base))
+    eps2, eps3 = (client_level_epsilon(plan, r, 1e-5, "prv") for r in (2, 3))
+    budget = (eps2 + eps3) / 2
+    res = simulate(
+        load_config(None, [*base, f"privacy.client_max_epsilon={budget}"]), tmp_path / "cl"
+    )
+    m = res.metrics
+    assert [r["round"] for r in m["rounds"]] == [1, 2]
+    assert "round 3 would raise the client-level epsilon" in m["stop_reason"]
+    ledger = _ledger(res.run_dir)
+    assert max(e["client_level_epsilon"] for e in ledger) == pytest.approx(eps2, rel=1e-9)
+    assert m["client_level"]["k_min"] == 3 and all(r["accepted"] == 3 for r in m["rounds"])
