@@ -13,25 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedpriv.cli._args import add_config_args
+
 __all__ = ["add_deploy_commands"]
 
 
 def _out(text: str = "") -> None:
     print(text, flush=True)
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config", type=Path, default=None, help="experiment TOML (default: built-in default run)"
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set rounds=3 (repeatable)",
-    )
 
 
 # ----------------------------------------------------------------------------- keys
@@ -315,7 +303,7 @@ def add_deploy_commands(sub: Any) -> None:
         "init",
         help="create a federation: HE keys, TLS CA + server certificate, node keys, signed bundles",
     )
-    _add_config_args(ki)
+    add_config_args(ki)
     ki.add_argument("--out", type=Path, required=True, help="output folder")
     ki.add_argument(
         "--nodes",
@@ -480,7 +468,7 @@ def add_deploy_commands(sub: Any) -> None:
     ce.add_argument(
         "--out", type=Path, default=None, help="output folder (default: the run folder)"
     )
-    _add_config_args(ce)
+    add_config_args(ce)
     ce.set_defaults(func=cmd_client_evaluate)
 
     r = sub.add_parser(
@@ -488,7 +476,7 @@ def add_deploy_commands(sub: Any) -> None:
     )
     r.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
     r.add_argument("--bundle", type=Path, required=True, help="the server bundle")
-    _add_config_args(r)
+    add_config_args(r)
     r.add_argument(
         "--out",
         type=Path,

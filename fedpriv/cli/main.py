@@ -14,23 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedpriv.cli._args import add_config_args
 from fedpriv.errors import FedprivError
 
 __all__ = ["main"]
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config", type=Path, default=None, help="experiment TOML (default: built-in default run)"
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set rounds=3 (repeatable)",
-    )
 
 
 def _progress_printer(console: Any, cfg: Any) -> Any:
@@ -160,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "simulate", help="run a federated simulation (default: 10 clients on digits, DP + BFV on)"
     )
-    _add_config_args(s)
+    add_config_args(s)
     s.add_argument(
         "--out", type=Path, default=None, help="run folder (default runs/<timestamp>-<name>)"
     )
