@@ -76,7 +76,7 @@ SETUPS = (
 
 def _params(s: Setup, n: int, k: int, max_weight: int) -> Any:
     if s.scheme == "off":
-        from fedpriv.strategy.plain import PlainParams
+        from fedpriv.crypto.plain import PlainParams
 
         return PlainParams(n, k)
     from fedpriv.crypto import choose_params
@@ -96,7 +96,7 @@ def _params(s: Setup, n: int, k: int, max_weight: int) -> Any:
 def _client(params: Any) -> tuple[Callable[[np.ndarray, int], bytes], Callable[[bytes], Any]]:
     """(encrypt(values, weight) -> blob, decrypt(blob) -> (weighted sum, total weight, count))."""
     if params.scheme == "off":
-        from fedpriv.strategy.plain import PlainCodec
+        from fedpriv.crypto.plain import PlainCodec
 
         codec = PlainCodec(params)
         return codec.encode, codec.decode
@@ -125,7 +125,7 @@ def _describe(params: Any) -> str:
 # --------------------------------------------------------------------------- server process
 def server_worker(params_path: str, blob_dir: str, k: int, out_path: str) -> None:
     """Fresh process: stream ``k`` update blobs into an aggregator; report time and peak memory."""
-    from fedpriv.strategy.codec import open_aggregator, params_from_dict
+    from fedpriv.crypto.codec import open_aggregator, params_from_dict
 
     params = params_from_dict(json.loads(Path(params_path).read_text()))
     agg = open_aggregator(params)

@@ -203,11 +203,11 @@ def run_setting(
     import fedpriv.privacy.accounting as accounting
     from fedpriv.apps.client import ClientSettings, handle_evaluate, handle_train
     from fedpriv.config import config_to_dict, load_config
+    from fedpriv.crypto.codec import ClientCodec, load_params_file
     from fedpriv.data import load_dataset
     from fedpriv.keys import deal_keys
     from fedpriv.models import build_model, num_params
     from fedpriv.simulation import partition_sizes
-    from fedpriv.strategy.codec import ClientCodec, load_params_file
     from fedpriv.strategy.core import EncryptedFedAvg
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 from fedpriv.config import RunConfig
-from fedpriv.privacy.state import atomic_write_text
-from fedpriv.strategy.codec import PublicParams
-from fedpriv.strategy.plain import PlainParams
+from fedpriv.crypto.codec import PublicParams
+from fedpriv.crypto.plain import PlainParams
+from fedpriv.fileio import atomic_write_text
 
 __all__ = ["deal_keys", "max_clients_per_round"]
 

@@ -85,9 +85,8 @@ def _evaluate_rounds(
     cfg: RunConfig, rd: RunDir, test: Any, shape: tuple[int, ...], num_classes: int
 ) -> None:
     """Decrypt each round's global model (as a key holder) and evaluate it on the held-out set."""
-    from fedpriv.models import build_model, save_weights, set_flat_params
-    from fedpriv.privacy import evaluate
-    from fedpriv.strategy.codec import ClientCodec
+    from fedpriv.crypto.codec import ClientCodec
+    from fedpriv.models import build_model, evaluate, save_weights, set_flat_params
 
     codec = ClientCodec.load(rd.client_keys)
     doc = rd.read_metrics()
@@ -110,7 +109,7 @@ def _evaluate_rounds(
     doc["final_round"] = last
     if last is not None:
         save_weights(model, rd.model)
-    from fedpriv.privacy.state import atomic_write_text
+    from fedpriv.fileio import atomic_write_text
 
     atomic_write_text(rd.metrics, json.dumps(doc, indent=2, sort_keys=True), mode=0o644)
 
@@ -194,7 +193,7 @@ def simulate(
     doc["partition_sizes"] = sizes
     doc["engine"] = engine
     doc["wall_seconds"] = time.perf_counter() - t_start
-    from fedpriv.privacy.state import atomic_write_text
+    from fedpriv.fileio import atomic_write_text
 
     atomic_write_text(rd.metrics, json.dumps(doc, indent=2, sort_keys=True), mode=0o644)
     from fedpriv.report import write_report

@@ -21,11 +21,11 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedpriv.config import RunConfig, config_from_dict
+from fedpriv.crypto.codec import ClientCodec
 from fedpriv.crypto.identity import PrivateIdentity, load_private_identity, sign_update
 from fedpriv.errors import ConfigError, CryptoError, WireError
 from fedpriv.privacy.state import ClientPrivacyState
-from fedpriv.strategy.codec import ClientCodec
-from fedpriv.strategy.messages import (
+from fedpriv.protocol import (
     EvalReply,
     Instruction,
     TrainReply,
@@ -325,7 +325,7 @@ def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Me
 
 
 def handle_evaluate(msg: Message, context: Context, settings: ClientSettings) -> Message:
-    from fedpriv.privacy import evaluate
+    from fedpriv.models import evaluate
 
     codec = _codec(str(settings.key_dir))
     ins, cfg = _read_instruction(msg, codec)

@@ -14,26 +14,79 @@ client holding the key can submit any well-formed ciphertext (no range proofs), 
 carry no authentication: authenticate senders at the transport (TLS + SuperNode auth).
 """
 
-from fedpriv.crypto.core import (
-    KEY_FILE_NAME,
-    Aggregator,
-    DecryptedAggregate,
-    EncryptedUpdate,
-    KeyHolder,
-    server_context_bytes,
-)
-from fedpriv.crypto.params import HEParams, choose_params
-from fedpriv.crypto.wire import KIND_AGGREGATE, KIND_UPDATE
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedpriv.crypto.choose import choose_params
+    from fedpriv.crypto.codec import (
+        ClientCodec,
+        EncodedUpdate,
+        PublicParams,
+        load_params_file,
+        open_aggregator,
+        params_from_dict,
+    )
+    from fedpriv.crypto.core import (
+        KEY_FILE_NAME,
+        Aggregator,
+        DecryptedAggregate,
+        EncryptedUpdate,
+        KeyHolder,
+        server_context_bytes,
+    )
+    from fedpriv.crypto.params import KIND_AGGREGATE, KIND_UPDATE, HEParams
+    from fedpriv.crypto.plain import PlainParams
 
 __all__ = [
     "KEY_FILE_NAME",
     "KIND_AGGREGATE",
     "KIND_UPDATE",
     "Aggregator",
+    "ClientCodec",
     "DecryptedAggregate",
+    "EncodedUpdate",
     "EncryptedUpdate",
     "HEParams",
     "KeyHolder",
+    "PlainParams",
+    "PublicParams",
     "choose_params",
+    "load_params_file",
+    "open_aggregator",
+    "params_from_dict",
     "server_context_bytes",
 ]
+
+# SEAL (TenSEAL) loads on first use: plaintext runs and config tools never import it.
+_LAZY = {
+    "KEY_FILE_NAME": "fedpriv.crypto.core",
+    "Aggregator": "fedpriv.crypto.core",
+    "DecryptedAggregate": "fedpriv.crypto.core",
+    "EncryptedUpdate": "fedpriv.crypto.core",
+    "KeyHolder": "fedpriv.crypto.core",
+    "server_context_bytes": "fedpriv.crypto.core",
+    "HEParams": "fedpriv.crypto.params",
+    "choose_params": "fedpriv.crypto.choose",
+    "KIND_AGGREGATE": "fedpriv.crypto.params",
+    "KIND_UPDATE": "fedpriv.crypto.params",
+    "ClientCodec": "fedpriv.crypto.codec",
+    "EncodedUpdate": "fedpriv.crypto.codec",
+    "PublicParams": "fedpriv.crypto.codec",
+    "load_params_file": "fedpriv.crypto.codec",
+    "open_aggregator": "fedpriv.crypto.codec",
+    "params_from_dict": "fedpriv.crypto.codec",
+    "PlainParams": "fedpriv.crypto.plain",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fedpriv.crypto' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

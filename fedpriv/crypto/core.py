@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import struct
-import tempfile
 import threading
 from dataclasses import dataclass
 from hashlib import sha256
@@ -19,6 +18,7 @@ from fedpriv.crypto.bfv import BfvPublic, BfvSecret
 from fedpriv.crypto.ckks import CkksPublic, CkksSecret
 from fedpriv.crypto.params import KIND_AGGREGATE, KIND_UPDATE, HEParams
 from fedpriv.errors import CryptoError, WireError
+from fedpriv.fileio import atomic_write_bytes
 
 __all__ = [
     "KEY_FILE_NAME",
@@ -270,19 +270,7 @@ class KeyHolder:
         target = Path(path)
         if target.is_dir():
             target = target / KEY_FILE_NAME
-        data = self.to_bytes()
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_bytes(target, self.to_bytes(), mode=0o600)
         return target
 
     @classmethod

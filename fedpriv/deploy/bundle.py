@@ -282,7 +282,7 @@ def check_pin(bundle: VerifiedBundle, state_dir: Path, expected: str | None = No
     CryptoError
         The fingerprint differs from the expected or pinned one.
     """
-    from fedpriv.privacy.state import atomic_write_text
+    from fedpriv.fileio import atomic_write_text
 
     fp = bundle.dealer_fingerprint
     if expected is not None and expected.strip() != fp:

@@ -34,7 +34,7 @@ from fedpriv.deploy.pki import load_node_private, node_key_fingerprint
 from fedpriv.deploy.processes import ManagedProcess, flower_exe, free_port, parse_address
 from fedpriv.deploy.warm import SOCKET_ENV
 from fedpriv.errors import ConfigError, CryptoError, DataError, RunFailedError, StateError
-from fedpriv.privacy.state import atomic_write_text
+from fedpriv.fileio import atomic_write_text
 
 __all__ = [
     "ClientStart",

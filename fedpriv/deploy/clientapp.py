@@ -17,11 +17,12 @@ Run as ``python -m fedpriv.deploy.clientapp`` with ``flwr-clientapp``'s argument
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fedpriv.fileio import atomic_write_text
 
 __all__ = ["SHIM_NAME", "install_shim", "main"]
 
@@ -84,10 +85,7 @@ def install_shim(bin_dir: Path) -> Path:
 
     bin_dir.mkdir(parents=True, exist_ok=True)
     script = bin_dir / SHIM_NAME
-    tmp = script.with_suffix(".tmp")
-    tmp.write_text(shim_source(sys.executable), encoding="utf-8")
-    os.chmod(tmp, 0o755)
-    tmp.replace(script)
+    atomic_write_text(script, shim_source(sys.executable), mode=0o755)
     return script
 
 

@@ -48,7 +48,7 @@ from fedpriv.deploy.pki import (
 )
 from fedpriv.deploy.seal import SealContext, seal_secret
 from fedpriv.errors import ConfigError, CryptoError
-from fedpriv.privacy.state import atomic_write_text
+from fedpriv.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "DealResult",
@@ -115,20 +115,7 @@ def _owner_dir(p: Path) -> Path:
 
 
 def _write_secret(path: Path, data: bytes) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data, mode=0o600)
 
 
 def write_node_key(out: Path) -> tuple[Path, Path, str]:

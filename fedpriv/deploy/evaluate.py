@@ -16,7 +16,7 @@ from typing import Any
 
 from fedpriv.config import RunConfig, load_config
 from fedpriv.errors import CryptoError, RunFailedError
-from fedpriv.privacy.state import atomic_write_text
+from fedpriv.fileio import atomic_write_text
 
 __all__ = ["EvaluationResult", "evaluate_run", "key_dir_for"]
 
@@ -56,11 +56,11 @@ def key_dir_for(
 
 
 def _load_codec(key_dir: Path) -> Any:
-    from fedpriv.strategy.codec import ClientCodec
+    from fedpriv.crypto.codec import ClientCodec
 
     if (key_dir / "he_secret.key").exists() and not (key_dir / "secret.key").exists():
         from fedpriv.crypto import KeyHolder
-        from fedpriv.strategy.codec import load_params_file
+        from fedpriv.crypto.codec import load_params_file
 
         params = load_params_file(key_dir / "params.json")
         return ClientCodec(params, KeyHolder.load(key_dir / "he_secret.key"))
@@ -97,8 +97,7 @@ def evaluate_run(
     EvaluationResult
     """
     from fedpriv.data import load_dataset
-    from fedpriv.models import build_model, save_weights, set_flat_params
-    from fedpriv.privacy import evaluate
+    from fedpriv.models import build_model, evaluate, save_weights, set_flat_params
     from fedpriv.runs import RunDir
 
     run_dir = Path(run_dir)

@@ -175,10 +175,10 @@ def _node_setting(context: Context, key: str) -> str:
 def handle_relay_query(msg: Message, context: Context) -> Message:
     """ClientApp ``query`` handler for the key relay."""
     from fedpriv.crypto import KeyHolder
+    from fedpriv.crypto.codec import load_params_file
     from fedpriv.deploy.bundle import verify_bundle
     from fedpriv.deploy.pki import load_dealer_public, load_node_private, node_key_fingerprint
     from fedpriv.deploy.seal import SealContext, open_sealed
-    from fedpriv.strategy.codec import load_params_file
 
     rec = msg.content.config_records.get(RELAY_KEY)
     if rec is None:

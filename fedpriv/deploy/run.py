@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from fedpriv.config import RunConfig, config_to_dict
+from fedpriv.crypto.codec import load_params_file
 from fedpriv.deploy.bundle import check_pin, verify_bundle
 from fedpriv.deploy.processes import FlwrCli, parse_address
 from fedpriv.deploy.project import write_project
 from fedpriv.deploy.server import ServerState, default_server_state
 from fedpriv.errors import ConfigError, RunFailedError
-from fedpriv.strategy.codec import load_params_file
 
 __all__ = ["RunOutcome", "submit_run"]
 

@@ -29,7 +29,7 @@ from fedpriv.deploy.processes import (
     wait_for_port,
 )
 from fedpriv.errors import CryptoError, FedprivError, RunFailedError
-from fedpriv.privacy.state import atomic_write_text
+from fedpriv.fileio import atomic_write_text
 
 __all__ = [
     "DEFAULT_ADDRESS",

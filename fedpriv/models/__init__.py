@@ -1,5 +1,6 @@
 """Model zoo for fedpriv (Opacus-compatible) and helpers to move weights around."""
 
+from fedpriv.models.evaluate import evaluate
 from fedpriv.models.params import (
     get_flat_params,
     load_weights,
@@ -16,6 +17,7 @@ __all__ = [
     "FedprivNet",
     "available_models",
     "build_model",
+    "evaluate",
     "get_flat_params",
     "load_weights",
     "model_fingerprint",

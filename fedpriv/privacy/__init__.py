@@ -10,10 +10,9 @@ from fedpriv.privacy.accounting import (
 )
 from fedpriv.privacy.budget import BudgetDecision, check_budget, noise_multiplier_for
 from fedpriv.privacy.ledger import GENESIS, HashChainWriter, read_chain, verify_chain
-from fedpriv.privacy.state import ClientPrivacyState, atomic_write_text
+from fedpriv.privacy.state import ClientPrivacyState
 from fedpriv.privacy.training import (
     LocalTrainResult,
-    evaluate,
     sample_rate,
     steps_per_round,
     train_local,
@@ -27,10 +26,8 @@ __all__ = [
     "DpEvent",
     "HashChainWriter",
     "LocalTrainResult",
-    "atomic_write_text",
     "check_budget",
     "compress_history",
-    "evaluate",
     "noise_multiplier_for",
     "opacus_epsilon",
     "plan_noise_multiplier",

@@ -8,34 +8,17 @@ budget at zero.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedpriv.errors import StateError
+from fedpriv.fileio import atomic_write_text
 from fedpriv.privacy.accounting import ACCOUNTANTS, DpEvent, compress_history, opacus_epsilon
 
-__all__ = ["ClientPrivacyState", "atomic_write_text"]
+__all__ = ["ClientPrivacyState"]
 
 _VERSION = 1
-
-
-def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write ``text`` to ``path`` atomically (temp file + fsync + rename), owner-only by default."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LocalTrainResult",
-    "evaluate",
     "resolve_grad_sample_mode",
     "sample_rate",
     "steps_per_round",
@@ -162,22 +161,3 @@ def train_local(
             close()  # remove Opacus hooks so the plain module can be reused
     model.eval()
     return LocalTrainResult(len(data), steps, loss_sum / max(seen, 1), event)
-
-
-def evaluate(
-    model: torch.nn.Module, data: ArrayDataset, batch_size: int = 512
-) -> tuple[float, float]:
-    """Return (mean cross-entropy loss, accuracy) of ``model`` on ``data``."""
-    import torch
-
-    if len(data) == 0:
-        return (math.nan, math.nan)
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    crit = torch.nn.CrossEntropyLoss(reduction="sum")
-    with torch.no_grad():
-        for xb, yb in _loader(data, batch_size, 0, shuffle=False):
-            logits = model(xb)
-            loss_sum += float(crit(logits, yb))
-            correct += int((logits.argmax(1) == yb).sum())
-    return (loss_sum / len(data), correct / len(data))

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from fedpriv.errors import StateError, VerificationError
+from fedpriv.fileio import atomic_write_text
 from fedpriv.privacy.accounting import DpEvent
-from fedpriv.privacy.state import atomic_write_text
 from fedpriv.report.canonical import canonical_bytes, file_text, finite, sha256_file
 from fedpriv.report.epsilon import history_key, opacus_eps, pld_eps
 from fedpriv.report.records import REPORT_HTML, REPORT_JSON, RunRecords, load_records

@@ -1,27 +1,5 @@
-"""Server-side aggregation: the encrypted FedAvg strategy, message codecs, plaintext fallback."""
+"""Server-side aggregation: the Flower strategy that sums encrypted updates without a key."""
 
-from fedpriv.strategy.codec import (
-    ClientCodec,
-    EncodedUpdate,
-    PublicParams,
-    load_params_file,
-    open_aggregator,
-    params_from_dict,
-)
 from fedpriv.strategy.core import ClientRoundRecord, EncryptedFedAvg, RoundRecord
-from fedpriv.strategy.plain import PlainAggregator, PlainCodec, PlainParams
 
-__all__ = [
-    "ClientCodec",
-    "ClientRoundRecord",
-    "EncodedUpdate",
-    "EncryptedFedAvg",
-    "PlainAggregator",
-    "PlainCodec",
-    "PlainParams",
-    "PublicParams",
-    "RoundRecord",
-    "load_params_file",
-    "open_aggregator",
-    "params_from_dict",
-]
+__all__ = ["ClientRoundRecord", "EncryptedFedAvg", "RoundRecord"]

@@ -23,10 +23,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedpriv.crypto.codec import AggregatorLike, PublicParams, open_aggregator
 from fedpriv.crypto.identity import IdentityRegistry
 from fedpriv.errors import RunFailedError, WireError
-from fedpriv.strategy.codec import AggregatorLike, PublicParams, open_aggregator
-from fedpriv.strategy.messages import (
+from fedpriv.protocol import (
     Instruction,
     build_instruction,
     metrics_digest,

@@ -420,7 +420,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
 
 # ----------------------------------------------------------------------------- tests
 def _codec(path: Path):  # type: ignore[no-untyped-def]
-    from fedpriv.strategy.codec import ClientCodec
+    from fedpriv.crypto.codec import ClientCodec
 
     return ClientCodec.load(path)
 

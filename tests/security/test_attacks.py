@@ -50,9 +50,8 @@ from fedpriv.audit.membership import (
 )
 from fedpriv.config import RunConfig, load_config
 from fedpriv.data import ArrayDataset, load_dataset
-from fedpriv.models import build_model, get_flat_params
+from fedpriv.models import build_model, evaluate, get_flat_params
 from fedpriv.privacy import (
-    evaluate,
     noise_multiplier_for,
     opacus_epsilon,
     plan_noise_multiplier,

@@ -18,6 +18,7 @@ import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedpriv.config import load_config
+from fedpriv.crypto.codec import ClientCodec, load_params_file
 from fedpriv.crypto.identity import (
     IdentityRegistry,
     generate_identity,
@@ -25,9 +26,8 @@ from fedpriv.crypto.identity import (
     sign_update,
 )
 from fedpriv.keys import deal_keys
-from fedpriv.strategy import ClientCodec, EncryptedFedAvg, RoundRecord
-from fedpriv.strategy.codec import load_params_file
-from fedpriv.strategy.messages import TrainReply, blob_to_record, build_train_reply, metrics_digest
+from fedpriv.protocol import TrainReply, blob_to_record, build_train_reply, metrics_digest
+from fedpriv.strategy import EncryptedFedAvg, RoundRecord
 
 N_VALUES = 650
 K = 4

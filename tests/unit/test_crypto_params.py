@@ -9,11 +9,11 @@ import pytest
 
 from fedpriv.crypto import HEParams, choose_params
 from fedpriv.crypto.bfv import BfvSecret
+from fedpriv.crypto.choose import bfv_degree_order
 from fedpriv.crypto.params import (
     BFV_PADDING_SAVING,
     FRESH_NOISE_BITS,
     MIN_QUANT_SCALE,
-    bfv_degree_order,
     max_plain_bits,
     quant_scale_for,
 )

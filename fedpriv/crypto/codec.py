@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedpriv.crypto.plain import PlainAggregator, PlainCodec, PlainParams
 from fedpriv.errors import CryptoError, WireError
-from fedpriv.strategy.plain import PlainAggregator, PlainCodec, PlainParams
 
 __all__ = [
     "AggregatorLike",
