@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -24,6 +25,7 @@ from fedpriv.errors import ConfigError
 
 __all__ = [
     "DataConfig",
+    "DeviceConfig",
     "EncryptionConfig",
     "FederationConfig",
     "PrivacyConfig",
@@ -101,9 +103,6 @@ class PrivacyConfig:
     client_max_epsilon: float = 10.0
     """The run stops (and clients refuse) before a round that would pass this client-level epsilon."""
     client_delta: float = 1e-5
-    noise_seed: int = -1
-    """-1: DP noise seeded from OS entropy (the only private choice). >= 0 makes noise reproducible
-    for tests: anyone who knows the seed can subtract it, so never use it for real data."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +117,29 @@ class EncryptionConfig:
     coeff_modulus_bits: tuple[int, ...] = ()
     """() = choose automatically from model size and number of clients."""
     ckks_scale_bits: int = 40
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """The data owners' own privacy policy, held by each (virtual) client, never by the server.
+
+    In simulation every virtual client builds its policy from its own copy of the experiment
+    (:meth:`fedpriv.privacy.policy.DevicePolicy.from_config`): it accepts the privacy the
+    experiment asks for or stronger. These keys tighten that policy; 0 or an empty list keeps the
+    experiment's own value. There is no seed here: DP randomness always comes from the device's
+    OS CSPRNG.
+    """
+
+    allowed_modes: tuple[PrivacyMode, ...] = ()
+    allowed_schemes: tuple[Scheme, ...] = ()
+    max_epsilon: float = 0.0
+    max_lifetime_epsilon: float = 0.0
+    """Record-level epsilon over every run on this data (0 = no cap beyond each run's)."""
+    min_noise_multiplier: float = 0.0
+    max_delta: float = 0.0
+    client_max_epsilon: float = 0.0
+    min_clients_per_aggregate: int = 0
+    """k_min: aggregates of fewer updates are refused (0 = what the run itself requires)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +162,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     @property
@@ -346,6 +369,30 @@ def _check(cfg: RunConfig) -> list[str]:
             "encryption.coeff_modulus_bits: each prime must have 20..60 bits",
         )
         need(20 <= x.ckks_scale_bits <= 60, "encryption.ckks_scale_bits: must be in 20..60")
+    dv = cfg.device
+    for name in ("max_epsilon", "max_lifetime_epsilon", "client_max_epsilon"):
+        v = getattr(dv, name)
+        need(
+            v >= 0 and v == v, f"device.{name}: must be >= 0 (0 = the experiment's value), got {v}"
+        )
+    need(
+        dv.min_noise_multiplier >= 0 and math.isfinite(dv.min_noise_multiplier),
+        "device.min_noise_multiplier: must be finite and >= 0",
+    )
+    need(0 <= dv.max_delta < 1, f"device.max_delta: must be in [0, 1), got {dv.max_delta}")
+    need(dv.min_clients_per_aggregate >= 0, "device.min_clients_per_aggregate: must be >= 0")
+    if dv.allowed_modes:
+        need(
+            p.mode in dv.allowed_modes,
+            f"device.allowed_modes {list(dv.allowed_modes)} excludes the experiment's privacy.mode"
+            f" {p.mode!r}: every client would refuse",
+        )
+    if dv.allowed_schemes:
+        need(
+            cfg.encryption.scheme in dv.allowed_schemes,
+            f"device.allowed_schemes {list(dv.allowed_schemes)} excludes encryption.scheme "
+            f"{cfg.encryption.scheme!r}: every client would refuse",
+        )
     s = cfg.simulation
     need(
         s.backend == "ray",

@@ -36,8 +36,10 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
             from fedpriv.privacy.client_level import client_level_plan
 
             # Uniform weights (each client's clipped update counts once) and room for the noise.
+            # The rounding term of the sensitivity is not known before the scale is: budget it
+            # at the clip norm (clients refuse parameters whose rounding would exceed that).
             max_weight = 1
-            value_range += client_level_plan(cfg).headroom
+            value_range += client_level_plan(cfg, cfg.privacy.client_clip_norm).headroom
         he = choose_params(
             e.scheme,
             num_values=num_values,

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from fedpriv.config import RunConfig, config_to_dict
 from fedpriv.errors import WireError
+from fedpriv.privacy.ledger import MAX_RECORD_CHARS
 
 __all__ = [
     "EvalReply",
@@ -31,6 +33,8 @@ __all__ = [
     "parse_eval_reply",
     "parse_instruction",
     "parse_train_reply",
+    "reply_parts",
+    "request_json",
 ]
 
 MAX_CONFIG_CHARS = 1 << 16
@@ -70,6 +74,17 @@ class Instruction:
     """None in round 1: every client builds the same initial model from the run's seed."""
     run_id: str = ""
     """Random per run; clients sign it with each update so updates cannot be replayed."""
+
+
+def request_json(cfg: RunConfig) -> str:
+    """The run config as the server sends it: a request, without the devices' own policy.
+
+    The ``[device]`` section belongs to the data owners (each virtual client holds its own copy);
+    a request that carries one is refused by the clients.
+    """
+    doc = config_to_dict(cfg)
+    doc.pop("device", None)
+    return json.dumps(doc, sort_keys=True)
 
 
 def build_instruction(ins: Instruction) -> RecordDict:
@@ -150,13 +165,20 @@ def metrics_digest(metrics: dict[str, float | int]) -> str:
 
 @dataclass(frozen=True)
 class TrainReply:
+    """Client -> server after a train instruction: an update, or a refusal, and its signed record.
+
+    ``record`` is the client record (:mod:`fedpriv.privacy.ledger`) exactly as the client signed
+    it: it binds the run, round, client id, sending node, the update's and metrics' SHA-256, the
+    DP history and epsilon. ``metrics`` are plaintext numbers for the server's progress display,
+    bound to the record by their digest.
+    """
+
     metrics: dict[str, float | int]
     blob: bytes | None
     refusal: str
-    update_sha256: str
-    history_json: str
     client_id: str
-    signature: bytes = b""
+    record: str
+    signature: bytes
 
 
 def build_train_reply(r: TrainReply) -> RecordDict:
@@ -166,9 +188,8 @@ def build_train_reply(r: TrainReply) -> RecordDict:
             "info": ConfigRecord(
                 {
                     "refusal": r.refusal,
-                    "update-sha256": r.update_sha256,
-                    "history": r.history_json,
                     "client-id": r.client_id,
+                    "record": r.record,
                     "signature": r.signature,
                 }
             ),
@@ -177,6 +198,20 @@ def build_train_reply(r: TrainReply) -> RecordDict:
     if r.blob is not None:
         rd["update"] = blob_to_record(r.blob)
     return rd
+
+
+def _info(content: RecordDict, where: str) -> tuple[str, str, bytes]:
+    info = content.config_records["info"]
+    cid = _get(info, "client-id", str, where)
+    record = _get(info, "record", str, where)
+    sig = _get(info, "signature", bytes, where)
+    if not 0 < len(cid) <= 128:
+        raise WireError(f"{where}: client-id must be 1..128 characters")
+    if len(sig) > 512:
+        raise WireError(f"{where}: signature too long")
+    if not 0 < len(record) <= MAX_RECORD_CHARS:
+        raise WireError(f"{where}: record missing or longer than {MAX_RECORD_CHARS} characters")
+    return cid, record, sig
 
 
 def parse_train_reply(msg: Message, *, max_blob_bytes: int) -> TrainReply:
@@ -199,22 +234,16 @@ def parse_train_reply(msg: Message, *, max_blob_bytes: int) -> TrainReply:
         metrics[k] = float(v)
     if metrics["refused"] not in (0, 1):
         raise WireError("train reply: refused must be 0 or 1")
-    info = content.config_records["info"]
-    refusal = _get(info, "refusal", str, "train reply")[:500]
-    sha = _get(info, "update-sha256", str, "train reply")
-    hist = _get(info, "history", str, "train reply")
-    cid = _get(info, "client-id", str, "train reply")[:128]
-    sig = _get(info, "signature", bytes, "train reply")
-    if len(sig) > 512:
-        raise WireError("train reply: signature too long")
-    if len(hist) > MAX_CONFIG_CHARS:
-        raise WireError("train reply: history too large")
+    refusal = _get(content.config_records["info"], "refusal", str, "train reply")[:500]
+    cid, record, sig = _info(content, "train reply")
     blob = None
     if metrics["refused"] == 0:
         if "update" not in content.array_records:
             raise WireError("train reply: no update although the client did not refuse")
         blob = blob_from_record(content.array_records["update"], max_bytes=max_blob_bytes)
-    return TrainReply(metrics, blob, refusal, sha, hist, cid, sig)
+    elif "update" in content.array_records:
+        raise WireError("train reply: an update although the client refused")
+    return TrainReply(metrics, blob, refusal, cid, record, sig)
 
 
 # ----------------------------------------------------------------------------- eval reply
@@ -222,9 +251,14 @@ def parse_train_reply(msg: Message, *, max_blob_bytes: int) -> TrainReply:
 
 @dataclass(frozen=True)
 class EvalReply:
+    """Client -> server after an evaluate instruction: metrics on its local test split, signed."""
+
     num_examples: int
     loss: float
     accuracy: float
+    client_id: str = ""
+    record: str = ""
+    signature: bytes = b""
 
 
 def build_eval_reply(r: EvalReply) -> RecordDict:
@@ -232,20 +266,52 @@ def build_eval_reply(r: EvalReply) -> RecordDict:
         {
             "metrics": MetricRecord(
                 {"num-examples": r.num_examples, "loss": r.loss, "accuracy": r.accuracy}
-            )
+            ),
+            "info": ConfigRecord(
+                {"client-id": r.client_id, "record": r.record, "signature": r.signature}
+            ),
         }
     )
 
 
-def parse_eval_reply(msg: Message) -> EvalReply:
+def parse_eval_reply(msg: Message, *, max_examples: int) -> EvalReply:
+    """Validate an evaluation reply: finite loss, accuracy in [0, 1], count within the public cap."""
     if msg.has_error():
         raise WireError(f"client error: {msg.error.reason}")
-    if "metrics" not in msg.content.metric_records:
-        raise WireError("eval reply: missing metrics")
-    m = msg.content.metric_records["metrics"]
+    content = msg.content
+    if "metrics" not in content.metric_records or "info" not in content.config_records:
+        raise WireError("eval reply: missing metrics or info record")
+    m = content.metric_records["metrics"]
     n = _get(m, "num-examples", int, "eval reply")
     loss = float(_get(m, "loss", (int, float), "eval reply"))
     acc = float(_get(m, "accuracy", (int, float), "eval reply"))
-    if n < 0 or not (0.0 <= acc <= 1.0 or math.isnan(acc)):
-        raise WireError("eval reply: num-examples or accuracy out of range")
-    return EvalReply(n, loss, acc)
+    if not 0 <= n <= max_examples:
+        raise WireError(f"eval reply: num-examples {n} outside [0, {max_examples}]")
+    if not math.isfinite(loss) or loss < 0:
+        raise WireError(f"eval reply: loss must be finite and >= 0, got {loss}")
+    if not 0.0 <= acc <= 1.0:
+        raise WireError(f"eval reply: accuracy must be in [0, 1], got {acc}")
+    cid, record, sig = _info(content, "eval reply")
+    return EvalReply(n, loss, acc, cid, record, sig)
+
+
+def reply_parts(content: RecordDict) -> list[tuple[str, int, str]]:
+    """What a reply carries, part by part: ``(name, bytes, sha256)`` for the egress record.
+
+    Array records count their raw bytes, config fields their UTF-8 or raw bytes, metrics 8 bytes
+    per number: the payload that left the device (Flower's framing is not counted).
+    """
+    out: list[tuple[str, int, str]] = []
+    for name, arr_rec in content.array_records.items():
+        for key in arr_rec:
+            data = arr_rec[key].numpy().tobytes()
+            out.append((f"{name}", len(data), hashlib.sha256(data).hexdigest()))
+    for name, m_rec in content.metric_records.items():
+        blob = json.dumps(dict(m_rec), sort_keys=True).encode()
+        out.append((name, 8 * len(m_rec), hashlib.sha256(blob).hexdigest()))
+    for name, c_rec in content.config_records.items():
+        for key, val in c_rec.items():
+            raw = val if isinstance(val, bytes) else str(val).encode()
+            if raw:
+                out.append((f"{name}.{key}", len(raw), hashlib.sha256(raw).hexdigest()))
+    return out

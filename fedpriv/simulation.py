@@ -123,6 +123,8 @@ def simulate(
     project_dir: Path | None = None,
     resume: bool = False,
     client_app: Any = None,
+    insecure_test_seed: int | None = None,
+    strategy_class: Any = None,
 ) -> SimulationResult:
     """Run ``cfg`` in simulation and return where its outputs went.
 
@@ -131,7 +133,9 @@ def simulate(
     to a private local SuperLink (see :mod:`fedpriv.flwr_run`). Both write the same run folder.
     ``resume=True`` continues the run in ``out`` from its last server checkpoint (clients keep
     their persisted privacy state). ``client_app`` replaces fedpriv's ClientApp (experiments
-    with faulty or adversarial clients).
+    with faulty or adversarial clients). ``insecure_test_seed`` makes the virtual devices' DP
+    randomness reproducible (tests only: the run is then marked not private everywhere).
+    ``strategy_class`` replaces the server's strategy (experiments with an adversarial server).
     """
     from fedpriv.data import load_dataset
     from fedpriv.keys import deal_keys
@@ -170,7 +174,15 @@ def simulate(
         deal_keys(cfg, num_values=num_params(model), max_weight=max_weight, out=rd.keys)
     try:
         if engine == "python":
-            _run_python_engine(cfg, rd, progress, resume=resume, client_app=client_app)
+            _run_python_engine(
+                cfg,
+                rd,
+                progress,
+                resume=resume,
+                client_app=client_app,
+                insecure_test_seed=insecure_test_seed,
+                strategy_class=strategy_class,
+            )
         else:
             from fedpriv.flwr_run import flwr_run_local
 
@@ -221,10 +233,13 @@ def _run_python_engine(
     *,
     resume: bool = False,
     client_app: Any = None,
+    insecure_test_seed: int | None = None,
+    strategy_class: Any = None,
 ) -> None:
     from flwr.simulation import run_simulation
 
     from fedpriv.apps import ClientSettings, ServerSettings, make_client_app, make_server_app
+    from fedpriv.privacy.policy import DevicePolicy
 
     server_app = make_server_app(
         ServerSettings(
@@ -234,11 +249,18 @@ def _run_python_engine(
             progress=progress,
             node_wait_timeout=120.0,
             resume=resume,
+            **({"strategy_class": strategy_class} if strategy_class is not None else {}),
         )
     )
     if client_app is None:
         client_app = make_client_app(
-            ClientSettings(rd.client_keys.resolve(), (rd.root / "clients").resolve())
+            ClientSettings(
+                rd.client_keys.resolve(),
+                (rd.root / "clients").resolve(),
+                # Each virtual device holds its own copy of the experiment: its policy.
+                policy=DevicePolicy.from_config(cfg),
+                insecure_test_seed=insecure_test_seed,
+            )
         )
     try:
         run_simulation(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,10 +12,11 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedpriv.config import RunConfig, config_hash, config_to_dict, load_config
+from fedpriv.config import RunConfig, config_hash, load_config
 from fedpriv.crypto.codec import PublicParams, load_params_file
 from fedpriv.crypto.identity import IdentityRegistry
 from fedpriv.errors import ConfigError
+from fedpriv.protocol import request_json
 from fedpriv.runs.checkpoint import Checkpoint
 from fedpriv.runs.folder import RunDir
 from fedpriv.runs.recorder import RunRecorder
@@ -35,6 +36,12 @@ class ServerSettings:
     node_wait_timeout: float = 600.0
     resume: bool = False
     """Continue from the run folder's last checkpoint instead of starting at round 1."""
+    node_map: dict[str, int] | None = None
+    """Client id -> node id, as registered (deployment): updates are accepted only from there."""
+    sampling_seed: int | None = None
+    """Reproducible client sampling (tests); default: seeded from the OS CSPRNG."""
+    strategy_class: type[EncryptedFedAvg] = EncryptedFedAvg
+    """The strategy to run: a subclass plays an adversarial server in experiments and tests."""
 
     @classmethod
     def from_context(cls, context: Context) -> ServerSettings:
@@ -55,6 +62,22 @@ class ServerSettings:
         return cls(cfg, root, Path(keys) / "server" / "params.json")
 
 
+def _eval_cap(params: PublicParams, cfg: RunConfig) -> int:
+    """Public bound on a client's evaluation count: its test split can be at most this large.
+
+    The weight cap (``encryption.max_examples_per_client``, or the encryption parameters' weight
+    cap when updates are weighted by example counts) bounds a client's training examples; its test
+    split is ``f / (1 - f)`` of that (``f = data.test_fraction``).
+    """
+    cap = cfg.encryption.max_examples_per_client
+    if cap <= 0 and not cfg.client_dp:
+        cap = int(getattr(params, "max_weight", 0) or 0)
+    if cap <= 0:
+        return 2**31 - 1
+    f = cfg.data.test_fraction
+    return max(1, math.ceil(cap * max(1.0, f / (1.0 - f))))
+
+
 def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
     """Drive the whole run; returns the strategy (its history and final global blob)."""
     cfg = s.config
@@ -65,6 +88,7 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
         )
     rd = RunDir(s.run_dir)
     rd.root.mkdir(parents=True, exist_ok=True)
+    registry = IdentityRegistry.load(s.params_path.parent / "identities.json")
     header = {
         "name": cfg.name,
         "config_hash": config_hash(cfg),
@@ -77,24 +101,34 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
         "num_values": params.num_values,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    min_accepted, gate = 0, None
+    from fedpriv.privacy.policy import request_k_min
+
+    # Never publish an aggregate of fewer updates than the devices require (they would refuse it).
+    min_accepted, gate = request_k_min(cfg), None
+    header["k_min"] = min_accepted
+    header["identity_registry_sha256"] = registry.fingerprint()
     if cfg.client_dp:
         from fedpriv.privacy.client_level import client_level_epsilon, client_level_plan
 
         plan = client_level_plan(cfg)
         p = cfg.privacy
-        min_accepted = plan.k_min
+        min_accepted = max(min_accepted, plan.k_min)
         header["client_level"] = {
             "noise_multiplier": plan.noise_multiplier,
             "sample_rate": plan.sample_rate,
+            "num_clients": plan.num_clients,
+            "per_round": plan.per_round,
             "clip_norm": plan.clip_norm,
             "k_min": plan.k_min,
             "delta": p.client_delta,
             "max_epsilon": p.client_max_epsilon,
+            "adjacency": "replace-one-client",
+            "sampling": "fixed-size, without replacement",
+            "accountant": "dp-accounting RDP",
         }
 
         def gate(rnd: int) -> str | None:
-            eps = client_level_epsilon(plan, rnd, p.client_delta, p.accountant)
+            eps = client_level_epsilon(plan, rnd, p.client_delta)
             if eps > p.client_max_epsilon * (1 + 1e-9):
                 return (
                     f"round {rnd} would raise the client-level epsilon to {eps:.3f}, "
@@ -104,20 +138,22 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
 
     recorder = RunRecorder(rd, header=header, progress=s.progress)
     checkpoint = Checkpoint(rd.root / "checkpoint.json")
-    strategy = EncryptedFedAvg(
+    strategy = s.strategy_class(
         params,
-        json.dumps(config_to_dict(cfg), sort_keys=True),
+        request_json(cfg),
         num_clients=cfg.federation.num_clients,
         fraction_train=cfg.federation.fraction_train,
         fraction_evaluate=cfg.federation.fraction_evaluate,
         min_train_clients=cfg.federation.min_train_clients,
         round_timeout=cfg.federation.round_timeout_s,
-        seed=cfg.seed,
+        seed=s.sampling_seed,
         on_round=None,
         node_wait_timeout=s.node_wait_timeout,
         min_accepted=min_accepted,
         round_gate=gate if cfg.client_dp else None,
-        identities=IdentityRegistry.load(s.params_path.parent / "identities.json"),
+        identities=registry,
+        pinned_nodes=s.node_map,
+        max_eval_examples=_eval_cap(params, cfg),
     )
     first = 1
     if s.resume:

@@ -130,8 +130,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"fedpriv simulate '{cfg.name}': {cfg.federation.num_clients} clients, {cfg.rounds} rounds, "
         f"data={cfg.data.dataset} ({cfg.data.partitioner}), DP={cfg.privacy.mode}, encryption={cfg.encryption.scheme}"
     )
+    if args.insecure_test_seed is not None:
+        console.print(
+            "[bold red]warning:[/] --insecure-test-seed makes the devices' DP randomness "
+            "reproducible: this run is NOT private (its report and `report verify` say so)"
+        )
     result = simulate(
-        cfg, args.out, progress=None if args.quiet else _progress_printer(console, cfg)
+        cfg,
+        args.out,
+        progress=None if args.quiet else _progress_printer(console, cfg),
+        insecure_test_seed=args.insecure_test_seed,
     )
     _summary(console, result, cfg)
     return 0
@@ -168,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="project folder for --engine flwr (default: this checkout)",
+    )
+    s.add_argument(
+        "--insecure-test-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tests only: the virtual devices draw their DP randomness from this seed instead of "
+        "the OS CSPRNG; the run is marked NOT private",
     )
     s.set_defaults(func=cmd_simulate)
     from fedpriv.cli.sweep_cmd import add_sweep_parser

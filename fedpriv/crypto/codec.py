@@ -21,8 +21,13 @@ import numpy as np
 
 from fedpriv.crypto.plain import PlainAggregator, PlainCodec, PlainParams
 from fedpriv.errors import CryptoError, WireError
+from fedpriv.privacy.rng import DpRandom, OsRandom
+
+# Plaintext runs add client-level noise on this fixed grid (units per real unit), like BFV would.
+PLAIN_NOISE_GRID = 2.0**16
 
 __all__ = [
+    "PLAIN_NOISE_GRID",
     "AggregatorLike",
     "ClientCodec",
     "EncodedUpdate",
@@ -132,31 +137,41 @@ class ClientCodec:
         values: np.ndarray,
         weight: int,
         noise_std: float = 0.0,
-        rounding_seed: int | None = None,
+        rng: DpRandom | None = None,
     ) -> EncodedUpdate:
         """Encode (and encrypt) ``[w*x, w, 1]``.
 
         ``noise_std`` > 0 adds this client's share of distributed discrete-Gaussian noise
-        (client-level DP) in the quantized domain, before encryption.
+        (client-level DP) in the quantized domain, before encryption. Noise and stochastic
+        rounding draw from ``rng``, the device's DP randomness (default: the OS CSPRNG).
         """
         from fedpriv.privacy.client_level import discrete_gaussian
 
+        rng = rng or OsRandom()
         n = int(values.size)
         if self._plain is not None:
             if noise_std > 0:
                 # Same discrete mechanism as under BFV, on a fixed grid of 2^-16 units.
-                unit = 2.0**16
-                values = values.astype(np.float64) + discrete_gaussian(noise_std * unit, n) / unit
+                values = (
+                    values.astype(np.float64)
+                    + discrete_gaussian(noise_std * PLAIN_NOISE_GRID, n, rng) / PLAIN_NOISE_GRID
+                )
             return EncodedUpdate(self._plain.encode(values, weight), 0, weight, False, False)
         assert self._holder is not None
         noise = None
         if noise_std > 0:
             scale = float(self._holder.params.quant_scale)
-            noise = discrete_gaussian(noise_std * scale, n)
-        upd = self._holder.encrypt(
-            values.astype(np.float32), weight, int_noise=noise, rounding_seed=rounding_seed
-        )
+            noise = discrete_gaussian(noise_std * scale, n, rng)
+        upd = self._holder.encrypt(values.astype(np.float32), weight, int_noise=noise, rng=rng)
         return EncodedUpdate(upd.blob, upd.clipped, upd.weight_used, upd.weight_capped, True)
+
+    @property
+    def quant_scale(self) -> float:
+        """Quantization units per real unit of the encoded values (the noise grid when plain)."""
+        if self._plain is not None:
+            return PLAIN_NOISE_GRID
+        assert self._holder is not None
+        return float(self._holder.params.quant_scale)
 
     def decode(self, blob: bytes) -> tuple[np.ndarray, float, int]:
         """Return (weighted mean as float32, total weight, number of summands)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import struct
 import threading
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from fedpriv.crypto.ckks import CkksPublic, CkksSecret
 from fedpriv.crypto.params import KIND_AGGREGATE, KIND_UPDATE, HEParams
 from fedpriv.errors import CryptoError, WireError
 from fedpriv.fileio import atomic_write_bytes
+from fedpriv.privacy.rng import DpRandom, OsRandom
 
 __all__ = [
     "KEY_FILE_NAME",
@@ -65,10 +65,14 @@ class DecryptedAggregate:
         return self.weighted_sum / self.total_weight
 
 
-def stochastic_round(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Round to a neighbouring integer with probabilities that make the result unbiased."""
+def stochastic_round(v: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """Round to a neighbouring integer with probabilities that make the result unbiased.
+
+    ``uniforms`` (same shape as ``v``, in (0, 1)) come from the device's DP randomness: the
+    rounding is part of the mechanism, so it must be as unpredictable as the noise.
+    """
     floor = np.floor(v)
-    return (floor + (rng.random(v.shape) < (v - floor))).astype(np.int64)
+    return (floor + (uniforms < (v - floor))).astype(np.int64)
 
 
 def _public(params: HEParams) -> BfvPublic | CkksPublic:
@@ -119,7 +123,7 @@ class KeyHolder:
         values: np.ndarray,
         weight: int,
         int_noise: np.ndarray | None = None,
-        rounding_seed: int | None = None,
+        rng: DpRandom | None = None,
     ) -> EncryptedUpdate:
         """Encrypt ``[w*clip(x), w, 1]`` as an update blob.
 
@@ -133,8 +137,8 @@ class KeyHolder:
             BFV only: integer noise (in quantization units, i.e. real noise x ``quant_scale``)
             added to the quantized values before encryption, so the decrypted sum carries the
             noise of all clients and nobody sees an un-noised sum (distributed DP).
-        rounding_seed : int, optional
-            Seed for the stochastic rounding (reproducible runs only); default: OS entropy.
+        rng : DpRandom, optional
+            Source of the stochastic rounding (default: the OS CSPRNG).
 
         Raises
         ------
@@ -162,9 +166,7 @@ class KeyHolder:
         if p.scheme == "bfv":
             slots = np.zeros(p.num_ciphertexts * p.slots_per_ciphertext, dtype=np.int64)
             # Quantize the product w*x (not x): the weight multiplies precision, not error.
-            seed = secrets.randbits(128) if rounding_seed is None else rounding_seed
-            rng = np.random.default_rng(seed)
-            slots[:nv] = stochastic_round(xc * (p.quant_scale * w), rng)
+            slots[:nv] = stochastic_round(xc * (p.quant_scale * w), (rng or OsRandom()).uniform(nv))
             if int_noise is not None:
                 noise = np.asarray(int_noise)
                 if noise.shape != (nv,) or noise.dtype.kind != "i":

@@ -1,9 +1,13 @@
-"""Client identity keys and update signatures.
+"""Client identity keys and the signatures on everything a client reports.
 
-Every update a client sends carries a signature by the client's identity key over
-``(run id, round, client id, sha256 of the update)``. The server checks it against its registry
-of public keys before the update can touch the sum, which rejects forged senders, updates
-replayed from an earlier round or another run, and bytes altered on the way.
+Every train or evaluation reply carries a *client record* (see :mod:`fedpriv.privacy.ledger`)
+signed with the client's identity key. A train record names the run, round, client id and the
+Flower node id it was sent from, the SHA-256 of the update and of its metrics, and the client's
+DP history and epsilon. The server checks the signature against its registry of public keys,
+and the node id against the node the message really came from, before the update can touch the
+sum: that rejects forged senders, updates replayed from another round, run or node (a registered
+node resending another client's signed update), and bytes altered on the way. The same signature
+lets anyone verify the privacy ledger later, line by line, without trusting the server.
 
 Keys are Ed25519 (simulation default) or ECDSA P-384 (the SuperNode identity keys the deployment
 dealer creates, in OpenSSH format); both load through ``cryptography``.
@@ -28,8 +32,8 @@ __all__ = [
     "generate_identity",
     "load_private_identity",
     "public_openssh",
-    "sign_update",
-    "signed_message",
+    "record_signature_message",
+    "sign_record",
 ]
 
 PrivateIdentity = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
@@ -76,18 +80,14 @@ def load_private_identity(path: Path) -> PrivateIdentity:
     return key
 
 
-def signed_message(run_id: str, server_round: int, client_id: str, digest_hex: str) -> bytes:
-    """The exact bytes signed: domain-separated and unambiguous (JSON array)."""
-    return json.dumps(
-        ["fedpriv-update-v1", run_id, int(server_round), client_id, digest_hex],
-        separators=(",", ":"),
-    ).encode()
+def record_signature_message(digest_hex: str) -> bytes:
+    """The exact bytes signed for a client record: domain-separated, then its SHA-256."""
+    return b"fedpriv-client-record-v1\x00" + bytes.fromhex(digest_hex)
 
 
-def sign_update(
-    key: PrivateIdentity, run_id: str, server_round: int, client_id: str, digest_hex: str
-) -> bytes:
-    msg = signed_message(run_id, server_round, client_id, digest_hex)
+def sign_record(key: PrivateIdentity, digest_hex: str) -> bytes:
+    """Sign a client record (given by its SHA-256 hex digest) with the client's identity key."""
+    msg = record_signature_message(digest_hex)
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(msg)
     return key.sign(msg, ec.ECDSA(hashes.SHA384()))
@@ -144,18 +144,27 @@ class IdentityRegistry:
             for cid, k in self._keys.items()
         }
 
-    def verify(
-        self, client_id: str, run_id: str, server_round: int, digest_hex: str, signature: bytes
-    ) -> None:
-        """Raise WireError unless ``signature`` is ``client_id``'s over this run, round and digest."""
+    def fingerprint(self) -> str:
+        """SHA-256 over the canonical registry (client id -> OpenSSH key): names the key set."""
+        import hashlib
+
+        return hashlib.sha256(
+            json.dumps(self.to_openssh(), sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+
+    def verify_record(self, client_id: str, digest_hex: str, signature: bytes) -> None:
+        """Raise WireError unless ``signature`` is ``client_id``'s over the record ``digest_hex``."""
         pub = self._keys.get(client_id)
         if pub is None:
             raise WireError(f"unknown client id {client_id!r}: no registered identity key")
         if not signature:
-            raise WireError("update is not signed")
+            raise WireError("record is not signed")
         if len(signature) > MAX_SIGNATURE_BYTES:
             raise WireError("signature too long")
-        msg = signed_message(run_id, server_round, client_id, digest_hex)
+        try:
+            msg = record_signature_message(digest_hex)
+        except ValueError:
+            raise WireError("record digest is not hex") from None
         try:
             if isinstance(pub, ed25519.Ed25519PublicKey):
                 pub.verify(signature, msg)
@@ -163,5 +172,5 @@ class IdentityRegistry:
                 pub.verify(signature, msg, ec.ECDSA(hashes.SHA384()))
         except InvalidSignature:
             raise WireError(
-                "bad signature: not this client's key, or signed for another run, round or update"
+                f"bad signature: the record was not signed by {client_id!r}'s key, or was altered"
             ) from None

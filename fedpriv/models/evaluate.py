@@ -17,7 +17,7 @@ __all__ = ["evaluate"]
 def _batches(data: ArrayDataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     import torch
 
-    x, y = torch.as_tensor(data.x), torch.as_tensor(data.y)
+    x, y = torch.tensor(data.x), torch.tensor(data.y)
     for i in range(0, len(data), batch_size):
         yield x[i : i + batch_size], y[i : i + batch_size]
 

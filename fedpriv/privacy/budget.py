@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,30 +34,57 @@ class BudgetDecision:
     allowed: bool
     epsilon_now: float
     epsilon_after: float
-    """Epsilon if this round's steps were taken (computed before training)."""
+    """This run's epsilon if the round's steps were taken (computed before training)."""
+    lifetime_after: float
+    """The device's lifetime epsilon (all runs on this data) after the round."""
     event: DpEvent
+    max_epsilon: float = math.inf
+    max_lifetime_epsilon: float = math.inf
 
     @property
     def reason(self) -> str:
         if self.allowed:
             return ""
+        if self.epsilon_after > self.max_epsilon * (1 + _TOL):
+            return (
+                f"refused: this round would raise epsilon from {self.epsilon_now:.3f} to "
+                f"{self.epsilon_after:.3f}, past this run's max_epsilon {self.max_epsilon:g}"
+            )
         return (
-            f"refused: this round would raise epsilon from {self.epsilon_now:.3f} to "
-            f"{self.epsilon_after:.3f}, past the client's max_epsilon"
+            f"refused: this round would raise the device's lifetime epsilon to "
+            f"{self.lifetime_after:.3f}, past its max_lifetime_epsilon {self.max_lifetime_epsilon:g}"
         )
 
 
+# A small tolerance keeps a planned horizon that lands exactly on the budget from being refused.
+_TOL = 1e-9
+
+
 def check_budget(
-    cfg: RunConfig, state: ClientPrivacyState, num_examples: int, sigma: float | None = None
+    cfg: RunConfig,
+    state: ClientPrivacyState,
+    run_id: str,
+    num_examples: int,
+    sigma: float | None = None,
+    *,
+    max_epsilon: float | None = None,
+    max_lifetime_epsilon: float = math.inf,
 ) -> BudgetDecision:
-    """Would one more round of local DP-SGD keep the client within ``max_epsilon``?"""
+    """Would one more round of local DP-SGD keep the client within its budgets?
+
+    ``max_epsilon`` (default: the run's ``privacy.max_epsilon``) caps this run's epsilon and
+    ``max_lifetime_epsilon`` the device's epsilon over every run on the same data.
+    """
     sigma = noise_multiplier_for(cfg, num_examples) if sigma is None else sigma
+    cap = cfg.privacy.max_epsilon if max_epsilon is None else max_epsilon
     ev = DpEvent(
         sigma,
         sample_rate(num_examples, cfg.train.batch_size),
         steps_per_round(num_examples, cfg.train.batch_size, cfg.train.local_epochs),
     )
-    now = state.epsilon()
-    after = opacus_epsilon([*state.history, ev], state.delta, state.accountant)
-    # A small tolerance keeps a planned horizon that lands exactly on the budget from being refused.
-    return BudgetDecision(after <= cfg.privacy.max_epsilon * (1 + 1e-9), now, after, ev)
+    run = state.run(run_id)
+    now = opacus_epsilon(run.history, state.delta, state.accountant)
+    after = opacus_epsilon([*run.history, ev], state.delta, state.accountant)
+    life = opacus_epsilon([*state.history, ev], state.delta, state.accountant)
+    ok = after <= cap * (1 + _TOL) and life <= max_lifetime_epsilon * (1 + _TOL)
+    return BudgetDecision(ok, now, after, life, ev, cap, max_lifetime_epsilon)

@@ -1,8 +1,15 @@
-"""Append-only, hash-chained JSONL ledger (privacy ledger, egress record).
+"""Append-only, hash-chained JSONL ledger (privacy ledger, egress record) and client records.
 
 Each line carries ``prev`` (the previous line's hash) and ``hash`` = SHA-256 over the canonical
 JSON of the line without its ``hash`` field, so editing, inserting, deleting or reordering any
 line breaks the chain and :func:`verify_chain` names the first line that broke.
+
+That chain is written by the server, which could rebuild it after dropping a line. So every
+privacy-relevant line also carries a *client record*: a JSON document the client itself made and
+signed with its identity key (:func:`make_record`), holding its round, status, DP history and
+epsilon, and the hash of its own previous record in the run (a per-client chain). The server
+cannot alter a client record, and a client can export the head of its chain so that a ledger
+missing its latest records fails verification.
 """
 
 from __future__ import annotations
@@ -15,9 +22,52 @@ from typing import Any
 
 from fedpriv.errors import VerificationError
 
-__all__ = ["GENESIS", "HashChainWriter", "read_chain", "verify_chain"]
+__all__ = [
+    "EVAL_FORMAT",
+    "GENESIS",
+    "MAX_RECORD_CHARS",
+    "RECORD_FORMAT",
+    "HashChainWriter",
+    "make_record",
+    "parse_record",
+    "read_chain",
+    "record_digest",
+    "verify_chain",
+]
 
 GENESIS = "0" * 64
+RECORD_FORMAT = "fedpriv.ledger-record/1"
+EVAL_FORMAT = "fedpriv.eval-record/1"
+MAX_RECORD_CHARS = 1 << 16
+
+
+def make_record(fmt: str, fields: dict[str, Any]) -> tuple[str, str]:
+    """Serialize a client record; returns ``(json_text, sha256_hex)``.
+
+    The exact text is what is signed, stored and verified: nobody re-serializes it, so float
+    formatting can never change a digest.
+    """
+    text = json.dumps(
+        {"format": fmt, **fields}, sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
+    return text, hashlib.sha256(text.encode()).hexdigest()
+
+
+def record_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_record(text: Any, fmt: str, *, source: str = "client record") -> dict[str, Any]:
+    """Parse a client record received from another party (size, JSON, format checked)."""
+    if not isinstance(text, str) or not 0 < len(text) <= MAX_RECORD_CHARS:
+        raise VerificationError(f"{source}: missing or larger than {MAX_RECORD_CHARS} characters")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise VerificationError(f"{source}: not valid JSON ({exc})") from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise VerificationError(f"{source}: not a {fmt} document")
+    return obj
 
 
 def _digest(entry: dict[str, Any]) -> str:

@@ -4,6 +4,11 @@ A fresh :class:`opacus.PrivacyEngine` is built per round, but its accountant is 
 source of truth: the (sigma, q, steps) it recorded this round is returned as a
 :class:`~fedpriv.privacy.accounting.DpEvent` and appended to the client's persistent history,
 so epsilon is cumulative across rounds and restarts.
+
+Every random draw of the mechanism comes from the device's :class:`~fedpriv.privacy.rng.DpRandom`
+(the OS CSPRNG), not from any seed in the run's config: the Poisson sampling masks
+(:class:`CsprngPoissonSampler`) and Opacus' Gaussian noise, generated with its secure-mode
+construction from a generator whose whole state is filled from the CSPRNG each round.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from fedpriv.errors import FedprivError
 from fedpriv.privacy.accounting import DpEvent, compress_history
+from fedpriv.privacy.rng import DpRandom
 
 if TYPE_CHECKING:
     import torch
@@ -23,6 +29,7 @@ if TYPE_CHECKING:
     from fedpriv.data import ArrayDataset
 
 __all__ = [
+    "CsprngPoissonSampler",
     "LocalTrainResult",
     "resolve_grad_sample_mode",
     "sample_rate",
@@ -38,6 +45,8 @@ class LocalTrainResult:
     train_loss: float
     event: DpEvent | None
     """The DP event this round added (None when DP is off)."""
+    batches: tuple[tuple[int, ...], ...] = ()
+    """The Poisson batches drawn (only with ``keep_batches``; for tests of the sampling)."""
 
 
 def sample_rate(num_examples: int, batch_size: int) -> float:
@@ -73,15 +82,82 @@ def resolve_grad_sample_mode(mode: str, model: torch.nn.Module) -> str:
     return "ghost" if total > 100_000 and linear / max(total, 1) > 0.8 else "hooks"
 
 
-def _loader(
-    data: ArrayDataset, batch_size: int, seed: int, shuffle: bool
-) -> torch.utils.data.DataLoader[tuple[torch.Tensor, ...]]:
-    import torch
-    from torch.utils.data import DataLoader, TensorDataset
+class CsprngPoissonSampler:
+    """Poisson sampling for DP-SGD with masks from the device's CSPRNG.
 
-    ds = TensorDataset(torch.tensor(data.x), torch.tensor(data.y))
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
+    Each of ``steps`` batches includes every record independently with probability
+    ``sample_rate`` (Opacus' ``UniformWithReplacementSampler`` semantics, so its accountant's
+    ``sample_rate = 1 / len(loader)`` is exact), but the mask comes from
+    :meth:`DpRandom.bernoulli_mask` instead of torch's seeded generator, so nobody can recompute
+    a client's batches from the run's config. ``observed`` (tests only) keeps the drawn batches.
+    """
+
+    def __init__(
+        self, num_samples: int, sample_rate: float, steps: int, rng: DpRandom, *, keep: bool = False
+    ) -> None:
+        if num_samples <= 0 or not 0 < sample_rate <= 1 or steps <= 0:
+            raise FedprivError(
+                f"Poisson sampler: need records > 0, 0 < q <= 1, steps > 0 "
+                f"(got {num_samples}, {sample_rate}, {steps})"
+            )
+        self.num_samples, self.sample_rate, self.steps, self.rng = (
+            num_samples,
+            sample_rate,
+            steps,
+            rng,
+        )
+        self.observed: list[list[int]] | None = [] if keep else None
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        for _ in range(self.steps):
+            idx = np.flatnonzero(self.rng.bernoulli_mask(self.num_samples, self.sample_rate))
+            batch = idx.tolist()
+            if self.observed is not None:
+                self.observed.append(batch)
+            yield batch
+
+
+def _tensors(data: ArrayDataset) -> torch.utils.data.TensorDataset:
+    import torch
+    from torch.utils.data import TensorDataset
+
+    return TensorDataset(torch.tensor(data.x), torch.tensor(data.y))
+
+
+def _poisson_loader(
+    data: ArrayDataset, batch_size: int, rng: DpRandom, keep: bool
+) -> tuple[torch.utils.data.DataLoader[tuple[torch.Tensor, ...]], CsprngPoissonSampler]:
+    """A DataLoader drawing Poisson batches from the CSPRNG, empty batches allowed (as Opacus')."""
+    from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
+    from torch.utils.data import DataLoader
+    from torch.utils.data.dataloader import default_collate
+
+    ds = _tensors(data)
+    steps = math.ceil(len(data) / batch_size)
+    sampler = CsprngPoissonSampler(len(data), 1.0 / steps, steps, rng, keep=keep)
+    collate = wrap_collate_with_empty(
+        collate_fn=default_collate,
+        batch_first=True,
+        rand_on_empty=False,
+        sample_empty_shapes=[(0, *shape_safe(x)) for x in ds[0]],
+        dtypes=[dtype_safe(x) for x in ds[0]],
+    )
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=collate), sampler
+
+
+def _shuffled_loader(
+    data: ArrayDataset, batch_size: int, rng: DpRandom
+) -> torch.utils.data.DataLoader[tuple[torch.Tensor, ...]]:
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        _tensors(data), batch_size=batch_size, shuffle=True, generator=rng.torch_generator()
+    )
 
 
 def train_local(
@@ -91,31 +167,32 @@ def train_local(
     train: TrainConfig,
     privacy: PrivacyConfig,
     noise_multiplier: float,
-    seed: int,
+    rng: DpRandom,
+    keep_batches: bool = False,
 ) -> LocalTrainResult:
-    """Train ``model`` in place for ``train.local_epochs`` epochs on ``data``."""
+    """Train ``model`` in place for ``train.local_epochs`` epochs on ``data``.
+
+    ``rng`` is the device's DP randomness (sampling masks and noise). ``keep_batches`` records
+    the drawn batch indices in the result (tests of the sampling only).
+    """
     import torch
 
     if len(data) == 0:
         raise FedprivError("cannot train on an empty local dataset")
-    torch.manual_seed(seed)
     model.train()
-    loader = _loader(data, train.batch_size, seed, shuffle=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=train.learning_rate, momentum=train.momentum)
     criterion: torch.nn.Module = torch.nn.CrossEntropyLoss()
     event: DpEvent | None = None
     engine = None
     net: torch.nn.Module = model
-    noise_gen = torch.Generator()
-    if privacy.noise_seed >= 0:
-        noise_gen.manual_seed(privacy.noise_seed * 1_000_003 + seed)
-    else:
-        import secrets
-
-        noise_gen.manual_seed(secrets.randbits(63))
+    sampler: CsprngPoissonSampler | None = None
+    loader: torch.utils.data.DataLoader[tuple[torch.Tensor, ...]]
     if privacy.mode in ("record", "both"):
         from opacus import PrivacyEngine
 
+        loader, sampler = _poisson_loader(data, train.batch_size, rng, keep_batches)
+        # secure_mode=True would need torchcsprng (not installable for current torch); the
+        # optimizer below gets the same construction with a CSPRNG-filled generator instead.
         engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=False)
         mode = resolve_grad_sample_mode(privacy.grad_sample_mode, model)
         with warnings.catch_warnings():
@@ -127,14 +204,19 @@ def train_local(
                 data_loader=loader,
                 noise_multiplier=noise_multiplier,
                 max_grad_norm=privacy.max_grad_norm,
-                poisson_sampling=True,
+                poisson_sampling=False,  # the loader above already samples (from the CSPRNG)
                 grad_sample_mode=mode,
-                noise_generator=noise_gen,
             )
         if mode == "ghost":
             net, optimizer, criterion, loader = out
         else:
             net, optimizer, loader = out
+        # Gaussian noise: Opacus' secure-mode construction (4 draws per coordinate, the first
+        # sample discarded), against floating-point attacks, from a CSPRNG-filled generator.
+        optimizer.generator = rng.torch_generator()
+        optimizer.secure_mode = True
+    else:
+        loader = _shuffled_loader(data, train.batch_size, rng)
     steps, loss_sum, seen = 0, 0.0, 0
     for _ in range(train.local_epochs):
         for xb, yb in loader:
@@ -160,4 +242,5 @@ def train_local(
         if callable(close):
             close()  # remove Opacus hooks so the plain module can be reused
     model.eval()
-    return LocalTrainResult(len(data), steps, loss_sum / max(seen, 1), event)
+    batches = tuple(tuple(b) for b in sampler.observed) if sampler and sampler.observed else ()
+    return LocalTrainResult(len(data), steps, loss_sum / max(seen, 1), event, batches)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from typing import Any
 from fedpriv.fileio import atomic_write_bytes, atomic_write_text
 from fedpriv.privacy.ledger import HashChainWriter
 from fedpriv.runs.folder import RunDir
-from fedpriv.strategy.core import RoundRecord
+from fedpriv.strategy.core import ClientRoundRecord, RoundRecord
 
 __all__ = ["RunRecorder"]
 
@@ -58,55 +57,34 @@ class RunRecorder:
                 "train_seconds": m.get("train-seconds"),
                 "encrypt_seconds": m.get("encrypt-seconds"),
             }
-            clients[c.client_id] = entry
-            if c.status in ("accepted", "refused") or (c.status == "rejected" and m):
-                self._ledger.append(
-                    {
-                        "time": now,
-                        "round": rec.server_round,
-                        "client_id": c.client_id,
-                        "node_id": c.node_id,
-                        "status": c.status,
-                        "trained": int(m.get("steps", 0) or 0) > 0,
-                        "noise_multiplier": m.get("noise-multiplier"),
-                        "sample_rate": m.get("sample-rate"),
-                        "steps": m.get("steps"),
-                        "delta": self.header.get("delta"),
-                        "accountant": self.header.get("accountant"),
-                        "epsilon": m.get("epsilon"),
-                        "client_level_epsilon": m.get("client-epsilon"),
-                        "update_clipped": m.get("update-clipped"),
-                        "history": json.loads(c.history_json) if c.history_json else None,
-                        "reason": c.reason,
-                    }
-                )
-            if c.bytes_up:
-                self._egress.append(
-                    {
-                        "round": rec.server_round,
-                        "client_id": c.client_id,
-                        "kind": "model-update",
-                        "bytes": c.bytes_up,
-                        "sha256": c.update_sha256,
-                        "encrypted": enc,
-                        "dp_protected": dp,
-                        "accepted": c.status == "accepted",
-                    }
-                )
-            if m:
-                blob = json.dumps(m, sort_keys=True).encode()
-                self._egress.append(
-                    {
-                        "round": rec.server_round,
-                        "client_id": c.client_id,
-                        "kind": "train-metrics",
-                        "bytes": len(blob),
-                        "sha256": hashlib.sha256(blob).hexdigest(),
-                        "encrypted": False,
-                        "dp_protected": False,
-                        "accepted": True,
-                    }
-                )
+            # Only a verified record speaks for a client id; anything else is filed under its node,
+            # so a replayed or forged reply can never overwrite the real client's entry.
+            clients[c.client_id if c.record else _unverified(c.node_id, c.client_id)] = entry
+            if c.record:
+                self._ledger.append(self._ledger_line(now, rec.server_round, c))
+            self._egress_lines(
+                rec.server_round, "train-reply", c.client_id, c.node_id, c.status, c.parts, enc, dp
+            )
+        evals: dict[str, Any] = {}
+        for ev in rec.evals:
+            evals[ev.client_id if ev.record else _unverified(ev.node_id, ev.client_id)] = {
+                "node_id": ev.node_id,
+                "status": ev.status,
+                "reason": ev.reason,
+                "num_examples": ev.num_examples,
+                "loss": ev.loss,
+                "accuracy": ev.accuracy,
+            }
+            self._egress_lines(
+                rec.server_round,
+                "eval-reply",
+                ev.client_id,
+                ev.node_id,
+                ev.status,
+                ev.parts,
+                enc,
+                dp,
+            )
         if global_blob is not None:
             path = self.run_dir.global_blob(rec.server_round)
             atomic_write_bytes(path, global_blob, mode=0o644)
@@ -128,14 +106,121 @@ class RunRecorder:
                 "bytes_up_total": sum(c.bytes_up for c in rec.clients),
                 "bytes_down_total": sum(c.bytes_down for c in rec.clients),
                 "clients": clients,
+                "evaluations": evals,
             }
         )
         self.flush()
         if self.progress:
             self.progress(rec)
 
+    def _ledger_line(self, now: str, server_round: int, c: ClientRoundRecord) -> dict[str, Any]:
+        """A ledger line: the server's view, and the client's own signed record verbatim.
+
+        The summary fields repeat the signed record for readers; verification uses only
+        ``client_record`` (checked against ``client_signature`` and the identity registry).
+        """
+        doc = json.loads(c.record)
+        event = doc.get("event") or [None, None, None]
+        m = c.metrics
+        return {
+            "time": now,
+            "round": server_round,
+            "client_id": c.client_id,
+            "node_id": c.node_id,
+            "status": c.status,
+            "trained": doc.get("status") == "trained",
+            "noise_multiplier": event[0],
+            "sample_rate": event[1],
+            "steps": event[2] if event[2] is not None else m.get("steps"),
+            "delta": doc.get("delta"),
+            "accountant": doc.get("accountant"),
+            "epsilon": doc.get("epsilon"),
+            "client_level_epsilon": (doc.get("client_level") or {}).get("epsilon"),
+            "update_clipped": m.get("update-clipped"),
+            "history": doc.get("history"),
+            "rng": doc.get("rng"),
+            "reason": c.reason,
+            "client_record": c.record,
+            "client_signature": c.signature,
+        }
+
+    def _egress_lines(
+        self,
+        server_round: int,
+        message: str,
+        client_id: str,
+        node_id: int,
+        status: str,
+        parts: list[tuple[str, int, str]],
+        enc: bool,
+        dp: bool,
+    ) -> None:
+        """One egress line per part of a reply: what left the device, and what protects it."""
+        for name, size, digest in parts:
+            kind, encrypted, covered, note = _classify(message, name, enc, dp)
+            self._egress.append(
+                {
+                    "round": server_round,
+                    "client_id": client_id,
+                    "node_id": node_id,
+                    "message": message,
+                    "part": name,
+                    "kind": kind,
+                    "bytes": size,
+                    "sha256": digest,
+                    "encrypted": encrypted,
+                    "dp_protected": covered,
+                    "covered_by_epsilon": covered,
+                    "note": note,
+                    "accepted": status in ("accepted", "evaluated"),
+                }
+            )
+
     def flush(self, extra: dict[str, Any] | None = None) -> None:
         doc = {**self.header, **(extra or {}), "rounds": self.rounds}
         atomic_write_text(
             self.run_dir.metrics, json.dumps(doc, indent=2, sort_keys=True), mode=0o644
         )
+
+
+def _unverified(node_id: int, claimed: str) -> str:
+    return (
+        f"node-{node_id}" if claimed in ("", str(node_id)) else f"node-{node_id} (claims {claimed})"
+    )
+
+
+def _classify(message: str, part: str, enc: bool, dp: bool) -> tuple[str, bool, bool, str]:
+    """(kind, encrypted, covered by epsilon, note) of one reply part."""
+    if part == "update":
+        return (
+            "model-update",
+            enc,
+            dp,
+            "the update; encrypted for the aggregate" + ("; DP-protected" if dp else ""),
+        )
+    if part == "metrics":
+        if message == "eval-reply":
+            return (
+                "eval-metrics",
+                False,
+                False,
+                "test-split size, loss and accuracy in plaintext: not covered by epsilon",
+            )
+        return (
+            "train-metrics",
+            False,
+            False,
+            "plaintext metadata (train loss, epsilon, steps, sample rate, timings): "
+            "not covered by epsilon",
+        )
+    if part == "info.record":
+        return (
+            "client-record",
+            False,
+            False,
+            "signed record: DP history (its sample rate reveals the local data size), epsilon, "
+            "digests: not covered by epsilon",
+        )
+    if part == "info.refusal":
+        return ("refusal", False, False, "the reason for a refusal, in plaintext")
+    return ("identity", False, False, "client id and signature: who sent it")

@@ -11,6 +11,7 @@ individual counts; the clients divide after decrypting.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import secrets
@@ -25,16 +26,18 @@ from flwr.serverapp.strategy import Strategy
 
 from fedpriv.crypto.codec import AggregatorLike, PublicParams, open_aggregator
 from fedpriv.crypto.identity import IdentityRegistry
-from fedpriv.errors import RunFailedError, WireError
+from fedpriv.errors import RunFailedError, VerificationError, WireError
+from fedpriv.privacy.ledger import EVAL_FORMAT, RECORD_FORMAT, parse_record, record_digest
 from fedpriv.protocol import (
     Instruction,
     build_instruction,
     metrics_digest,
     parse_eval_reply,
     parse_train_reply,
+    reply_parts,
 )
 
-__all__ = ["ClientRoundRecord", "EncryptedFedAvg", "RoundRecord"]
+__all__ = ["ClientEvalRecord", "ClientRoundRecord", "EncryptedFedAvg", "RoundRecord"]
 
 log = logging.getLogger("fedpriv.server")
 
@@ -47,10 +50,37 @@ class ClientRoundRecord:
     """accepted | refused | rejected | failed"""
     reason: str = ""
     metrics: dict[str, float | int] = field(default_factory=dict)
-    history_json: str = ""
+    record: str = ""
+    """The client's signed record (JSON text, exactly as signed); empty when none was verified."""
+    signature: str = ""
+    """Its signature, hex."""
     bytes_up: int = 0
     bytes_down: int = 0
     update_sha256: str = ""
+    parts: list[tuple[str, int, str]] = field(default_factory=list)
+    """Everything the reply carried: (part, bytes, sha256), for the egress record."""
+
+    @property
+    def history_json(self) -> str:
+        """The run's DP history from the signed record (``""`` without a record)."""
+        if not self.record:
+            return ""
+        return json.dumps(json.loads(self.record).get("history"))
+
+
+@dataclass
+class ClientEvalRecord:
+    node_id: int
+    client_id: str
+    status: str
+    """evaluated | refused | rejected | failed"""
+    reason: str = ""
+    num_examples: int = 0
+    loss: float = 0.0
+    accuracy: float = 0.0
+    record: str = ""
+    signature: str = ""
+    parts: list[tuple[str, int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -65,6 +95,8 @@ class RoundRecord:
     seconds: float = 0.0
     aggregate_seconds: float = 0.0
     global_bytes: int = 0
+    eval_sampled: list[int] = field(default_factory=list)
+    evals: list[ClientEvalRecord] = field(default_factory=list)
 
 
 class EncryptedFedAvg(Strategy):
@@ -93,13 +125,15 @@ class EncryptedFedAvg(Strategy):
         fraction_evaluate: float = 1.0,
         min_train_clients: int = 0,
         round_timeout: float = 600.0,
-        seed: int = 0,
+        seed: int | None = None,
         on_round: Callable[[RoundRecord, bytes | None], None] | None = None,
         node_wait_timeout: float = 600.0,
         min_accepted: int = 0,
         round_gate: Callable[[int], str | None] | None = None,
         identities: IdentityRegistry | None = None,
         run_id: str | None = None,
+        pinned_nodes: dict[str, int] | None = None,
+        max_eval_examples: int = 2**31 - 1,
     ) -> None:
         self.params = params
         # Updates must be signed by a registered client identity (None only in unit tests of
@@ -120,8 +154,16 @@ class EncryptedFedAvg(Strategy):
         self.min_accepted = min_accepted
         # Called before each round; a returned string stops the run (e.g. a spent budget).
         self.round_gate = round_gate
-        self._rng = random.Random(seed)
+        # Client sampling must be unpredictable to anyone who knows the (public) config: the
+        # client-level amplification by sampling holds only against parties who do not know the
+        # sample. ``seed`` is kept for callers that need a reproducible sample (tests).
+        self._rng = random.Random(seed if seed is not None else secrets.randbits(128))
         self._agg: AggregatorLike = open_aggregator(params)
+        # Node binding: a client id is accepted from one node only for the whole run (pre-set
+        # from the deployment's registration, else bound on first verified contact).
+        self._node_of: dict[str, int] = dict(pinned_nodes or {})
+        self._client_of: dict[int, str] = {n: c for c, n in self._node_of.items()}
+        self.max_eval_examples = max_eval_examples
         self.global_blob: bytes | None = None
         self.history: list[RoundRecord] = []
         self._current: RoundRecord | None = None
@@ -159,6 +201,45 @@ class EncryptedFedAvg(Strategy):
             Message(content=content, dst_node_id=n, message_type=MessageType.TRAIN) for n in sampled
         ]
 
+    def _bind(self, client_id: str, node: int) -> None:
+        """Bind ``client_id`` to the node it speaks from; a second node is a replay or a forgery."""
+        bound_node = self._node_of.get(client_id)
+        bound_client = self._client_of.get(node)
+        if bound_node is not None and bound_node != node:
+            raise WireError(
+                f"client id {client_id!r} belongs to node {bound_node} in this run, "
+                f"not node {node} (replayed or forged reply)"
+            )
+        if bound_client is not None and bound_client != client_id:
+            raise WireError(
+                f"node {node} speaks for client {bound_client!r} in this run, not {client_id!r}"
+            )
+        self._node_of[client_id], self._client_of[node] = node, client_id
+
+    def _check_record(
+        self, fmt: str, record: str, signature: bytes, client_id: str, node: int, rnd: int
+    ) -> dict[str, Any]:
+        """Verify a client record's signature and that it speaks of this run, round and node."""
+        try:
+            doc = parse_record(record, fmt, source="client record")
+        except VerificationError as exc:
+            raise WireError(str(exc)) from None
+        if self.identities is not None:
+            self.identities.verify_record(client_id, record_digest(record), signature)
+        for key, want in (
+            ("run_id", self.run_id),
+            ("round", rnd),
+            ("client_id", client_id),
+            ("node_id", node),
+        ):
+            if doc.get(key) != want:
+                raise WireError(
+                    f"client record: {key} is {doc.get(key)!r}, expected {want!r} "
+                    "(replayed from another run, round or node?)"
+                )
+        self._bind(client_id, node)
+        return doc
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -167,6 +248,7 @@ class EncryptedFedAvg(Strategy):
         down = len(self.global_blob or b"")
         self._agg.reset()
         seen: set[int] = set()
+        delivered: set[str] = set()
         t0 = time.perf_counter()
         max_blob = int(getattr(self.params, "max_blob_bytes", 1 << 31))
         for msg in replies:
@@ -190,6 +272,8 @@ class EncryptedFedAvg(Strategy):
             if msg.metadata.reply_to_message_id == "" and msg.has_error():
                 cr.reason = "no reply"
                 continue
+            if not msg.has_error():
+                cr.parts = reply_parts(msg.content)  # recorded whether or not it validates
             try:
                 r = parse_train_reply(msg, max_blob_bytes=max_blob)
             except WireError as exc:
@@ -198,27 +282,42 @@ class EncryptedFedAvg(Strategy):
                 cr.status, cr.reason = ("failed" if msg.has_error() else "rejected"), text[:300]
                 log.warning("round %d: reply from node %d not used: %s", server_round, node, exc)
                 continue
-            cr.client_id, cr.metrics, cr.history_json = (
-                r.client_id or str(node),
-                r.metrics,
-                r.history_json,
-            )
+            cr.client_id, cr.metrics = r.client_id, r.metrics
+            digest = hashlib.sha256(r.blob).hexdigest() if r.blob is not None else ""
+            cr.bytes_up, cr.update_sha256 = (len(r.blob) if r.blob else 0), digest
+            try:
+                doc = self._check_record(
+                    RECORD_FORMAT, r.record, r.signature, r.client_id, node, server_round
+                )
+                if r.client_id in delivered:
+                    raise WireError(
+                        f"client {r.client_id!r} already delivered this round (replayed update)"
+                    )
+                delivered.add(r.client_id)
+                if doc.get("metrics_sha256") != metrics_digest(r.metrics):
+                    raise WireError("metrics do not match the signed record")
+                if doc.get("status") != ("refused" if r.blob is None else "trained"):
+                    raise WireError("the signed record's status does not match the reply")
+                if r.blob is not None:
+                    if doc.get("update_sha256") != digest:
+                        raise WireError("update digest does not match the signed record")
+                    if r.metrics["update-bytes"] != len(r.blob) or doc.get("update_bytes") != len(
+                        r.blob
+                    ):
+                        raise WireError("declared update size does not match the received bytes")
+            except WireError as exc:
+                cr.status, cr.reason = "rejected", str(exc)
+                cr.record = ""
+                log.warning(
+                    "round %d: reply from client %s rejected: %s", server_round, cr.client_id, exc
+                )
+                continue
+            cr.record, cr.signature = r.record, r.signature.hex()
             if r.blob is None:
                 cr.status, cr.reason = "refused", r.refusal or "refused to train"
                 log.info("round %d: client %s refused: %s", server_round, cr.client_id, cr.reason)
                 continue
-            digest = hashlib.sha256(r.blob).hexdigest()
-            cr.bytes_up, cr.update_sha256 = len(r.blob), digest
             try:
-                if digest != r.update_sha256:
-                    raise WireError("update digest does not match the declared sha256")
-                if r.metrics["update-bytes"] != len(r.blob):
-                    raise WireError("declared update size does not match the received bytes")
-                if self.identities is not None:
-                    bound = f"{digest}:{metrics_digest(r.metrics)}"
-                    self.identities.verify(
-                        r.client_id, self.run_id, server_round, bound, r.signature
-                    )
                 self._agg.add(r.blob)
             except WireError as exc:
                 cr.status, cr.reason = "rejected", str(exc)
@@ -259,6 +358,8 @@ class EncryptedFedAvg(Strategy):
             return []
         nodes = sorted(grid.get_node_ids())
         nodes = sorted(self._rng.sample(nodes, min(self.eval_size, len(nodes))))
+        if self._current is not None:
+            self._current.eval_sampled = nodes
         content = build_instruction(self._instruction(server_round))
         return [
             Message(content=content, dst_node_id=n, message_type=MessageType.EVALUATE)
@@ -268,15 +369,51 @@ class EncryptedFedAvg(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        """Weighted federated accuracy from *verified* evaluation replies only.
+
+        A reply counts when it comes from a node asked to evaluate (once), carries a valid
+        signed eval record from the client bound to that node whose numbers equal the metrics,
+        and its numbers are sane (finite loss, accuracy in [0, 1], example count within the
+        public cap). Everything else is recorded and ignored.
+        """
         rec = self._current
         assert rec is not None
         n_tot, loss, acc = 0, 0.0, 0.0
+        seen: set[int] = set()
         for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            ev = ClientEvalRecord(node, str(node), "failed")
+            rec.evals.append(ev)
+            if not msg.has_error():
+                ev.parts = reply_parts(msg.content)
             try:
-                r = parse_eval_reply(msg)
+                if node not in rec.eval_sampled:
+                    raise WireError("sender was not asked to evaluate this round")
+                if node in seen:
+                    raise WireError("duplicate evaluation reply from this node")
+                seen.add(node)
+                r = parse_eval_reply(msg, max_examples=self.max_eval_examples)
+                ev.client_id = r.client_id
+                doc = self._check_record(
+                    EVAL_FORMAT, r.record, r.signature, r.client_id, node, server_round
+                )
+                if (doc.get("num_examples"), doc.get("loss"), doc.get("accuracy")) != (
+                    r.num_examples,
+                    r.loss,
+                    r.accuracy,
+                ):
+                    raise WireError("evaluation metrics do not match the signed record")
             except WireError as exc:
-                log.warning("round %d: evaluation reply ignored: %s", server_round, exc)
+                ev.status = "failed" if msg.has_error() else "rejected"
+                ev.reason = (str(exc).strip().splitlines() or ["error"])[0][:300]
+                log.warning("round %d: evaluation reply ignored: %s", server_round, ev.reason)
                 continue
+            ev.record, ev.signature = r.record, r.signature.hex()
+            ev.num_examples, ev.loss, ev.accuracy = r.num_examples, r.loss, r.accuracy
+            if doc.get("status") == "refused":
+                ev.status, ev.reason = "refused", str(doc.get("reason", ""))[:300]
+                continue
+            ev.status = "evaluated"
             if r.num_examples == 0:
                 continue
             n_tot += r.num_examples
@@ -318,8 +455,10 @@ class EncryptedFedAvg(Strategy):
             refused = [c for c in rec.clients if c.status == "refused"]
             if agg is None:
                 if rec.accepted == 0 and refused and len(refused) == len(rec.sampled):
-                    self.stop_reason = (
-                        f"round {rnd}: every sampled client refused (privacy budget exhausted)"
+                    why = sorted({c.reason for c in refused})
+                    self.stop_reason = f"round {rnd}: every sampled client refused ({why[0]}"
+                    self.stop_reason += (
+                        f"; and {len(why) - 1} other reason(s))" if len(why) > 1 else ")"
                     )
                 else:
                     reasons = (

@@ -41,8 +41,6 @@ def test_default_cli_run_dp_bfv(tmp_path: Path) -> None:
             "simulate",
             "--out",
             str(out),
-            "--set",
-            "privacy.noise_seed=7",
         ],
         capture_output=True,
         text=True,
@@ -200,7 +198,7 @@ def test_client_level_budget_stops_the_run_before_it_is_exceeded(tmp_path: Path)
         "privacy.client_noise_multiplier=1.5",
     ]
     plan = client_level_plan(load_config(None, base))
-    eps2, eps3 = (client_level_epsilon(plan, r, 1e-5, "prv") for r in (2, 3))
+    eps2, eps3 = (client_level_epsilon(plan, r, 1e-5) for r in (2, 3))
     budget = (eps2 + eps3) / 2
     res = simulate(
         load_config(None, [*base, f"privacy.client_max_epsilon={budget}"]), tmp_path / "cl"

@@ -15,7 +15,7 @@ parameters on digits), on which the plaintext attack is known to succeed; on fed
 Loss-threshold membership inference (Yeom et al. 2018): a record-level DP model leaks less than
 a non-private one trained on the same members, and no more than its epsilon allows.
 
-All seeds are fixed, including Opacus' noise (``privacy.noise_seed``, a test-only setting), and
+All seeds are fixed, including the DP randomness (an ``InsecureTestRandom``, test-only), and
 every threshold leaves a wide margin around the values measured (in comments), so a loaded
 machine or a different thread count cannot flip the outcome.
 """
@@ -59,6 +59,7 @@ from fedpriv.privacy import (
     steps_per_round,
     train_local,
 )
+from fedpriv.privacy.rng import InsecureTestRandom
 
 # Opacus warns about its non-cryptographic RNG and empty-input backward hooks; both expected.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -99,7 +100,6 @@ def _client_update(
             "train.batch_size=1",
             "train.local_epochs=1",
             f"privacy.mode={mode}",
-            "privacy.noise_seed=0",
         ],
     )
     c, h, w = one.input_shape
@@ -107,7 +107,12 @@ def _client_update(
     before = copy.deepcopy(model)
     old = get_flat_params(model)
     res = train_local(
-        model, one, train=cfg.train, privacy=cfg.privacy, noise_multiplier=sigma, seed=3
+        model,
+        one,
+        train=cfg.train,
+        privacy=cfg.privacy,
+        noise_multiplier=sigma,
+        rng=InsecureTestRandom(3),
     )
     assert res.steps == 1
     update = get_flat_params(model) - old
@@ -245,19 +250,29 @@ def test_dp_limits_membership_inference(mia_split: tuple[ArrayDataset, ArrayData
     # Non-private, trained to memorise: 200 epochs on 200 records.
     cfg = load_config(None, ["privacy.mode=off", "train.local_epochs=200"])
     plain = build_model("cnn", members.input_shape, k, seed=0)
-    train_local(plain, members, train=cfg.train, privacy=cfg.privacy, noise_multiplier=0.0, seed=0)
+    train_local(
+        plain,
+        members,
+        train=cfg.train,
+        privacy=cfg.privacy,
+        noise_multiplier=0.0,
+        rng=InsecureTestRandom(0),
+    )
     plain_mia = loss_threshold_attack(plain, members, nonmembers)
 
     # Record-level DP (Opacus via the client's train_local) on the same members, epsilon 3.
-    dcfg = load_config(
-        None, ["train.local_epochs=10", "train.batch_size=64", "privacy.noise_seed=0"]
-    )
+    dcfg = load_config(None, ["train.local_epochs=10", "train.batch_size=64"])
     q = sample_rate(N_MEMBERS, dcfg.train.batch_size)
     steps = steps_per_round(N_MEMBERS, dcfg.train.batch_size, dcfg.train.local_epochs)
     sigma = plan_noise_multiplier(DP_EPSILON, dcfg.privacy.delta, q, steps, dcfg.privacy.accountant)
     private = build_model("cnn", members.input_shape, k, seed=0)
     res = train_local(
-        private, members, train=dcfg.train, privacy=dcfg.privacy, noise_multiplier=sigma, seed=0
+        private,
+        members,
+        train=dcfg.train,
+        privacy=dcfg.privacy,
+        noise_multiplier=sigma,
+        rng=InsecureTestRandom(0),
     )
     assert res.event is not None
     eps = opacus_epsilon([res.event], dcfg.privacy.delta, dcfg.privacy.accountant)

@@ -2,13 +2,15 @@
 
 Every round mixes honest signed updates with mutated replies (truncated or bit-flipped blobs,
 wrong parameters, huge declared sizes, empty payloads, bad metrics, forged, missing or replayed
-signatures, unsampled or duplicate senders). The server must never crash, every bad reply must
-be left out with a reason, and the aggregate must equal that of the honest updates alone.
+signatures, records for another run, round or node, cross-client replays, unsampled or duplicate
+senders). Each bad reply comes from its own node; most are signed by a registered client bound to
+that node (a malicious but authenticated participant), so they reach the deeper checks. The server
+must never crash, every bad reply must be left out with a reason, and the aggregate must equal
+that of the honest updates alone.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from pathlib import Path
@@ -23,9 +25,10 @@ from fedpriv.crypto.identity import (
     IdentityRegistry,
     generate_identity,
     load_private_identity,
-    sign_update,
+    sign_record,
 )
 from fedpriv.keys import deal_keys
+from fedpriv.privacy.ledger import RECORD_FORMAT, make_record, record_digest
 from fedpriv.protocol import TrainReply, blob_to_record, build_train_reply, metrics_digest
 from fedpriv.strategy import EncryptedFedAvg, RoundRecord
 
@@ -33,17 +36,22 @@ N_VALUES = 650
 K = 4
 ROUNDS = 30
 BAD_PER_ROUND = 36  # 30 x 36 = 1,080 mutated replies
+RUN = "run-under-test"
+HONEST = list(range(100, 100 + K))
+BAD = list(range(1000, 1000 + BAD_PER_ROUND))
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("keys")
-    cfg = load_config(None, [f"federation.num_clients={K}", "train.model=logreg"])
+    # K honest clients and one registered (authenticated, malicious) client per bad node.
+    n = K + BAD_PER_ROUND
+    cfg = load_config(None, [f"federation.num_clients={n}", "train.model=logreg"])
     params = deal_keys(cfg, num_values=N_VALUES, max_weight=200, out=out)
     codec = ClientCodec.load(out / "client")
     ids = {
         f"client-{i}": load_private_identity(out / "client" / "identities" / f"client-{i}.pem")
-        for i in range(K)
+        for i in range(n)
     }
     registry = IdentityRegistry.load(out / "server" / "identities.json")
     assert load_params_file(out / "server" / "params.json").fingerprint() == params.fingerprint()
@@ -65,18 +73,14 @@ def _reply(node: int, r: TrainReply) -> Message:
     return Message(build_train_reply(r), reply_to=_instruction(node))
 
 
-def _honest(
-    codec, key, cid: str, run_id: str, rnd: int, values: np.ndarray, weight: int
-) -> TrainReply:
-    upd = codec.encode(values, weight)
-    digest = hashlib.sha256(upd.blob).hexdigest()
-    metrics: dict[str, float | int] = {
+def _metrics(weight: int, blob: bytes, clipped: int = 0) -> dict[str, float | int]:
+    return {
         "num-examples": weight,
         "steps": 3,
-        "clipped": upd.clipped,
-        "weight-used": upd.weight_used,
+        "clipped": clipped,
+        "weight-used": weight,
         "refused": 0,
-        "update-bytes": len(upd.blob),
+        "update-bytes": len(blob),
         "update-clipped": 0,
         "epsilon": 1.0,
         "noise-multiplier": 1.1,
@@ -86,33 +90,64 @@ def _honest(
         "encrypt-seconds": 0.01,
         "client-epsilon": 0.0,
     }
-    sig = sign_update(key, run_id, rnd, cid, f"{digest}:{metrics_digest(metrics)}")
-    return TrainReply(metrics, upd.blob, "", digest, "[]", cid, sig)
 
 
-def _mutations(rng: random.Random, good: TrainReply, other: TrainReply, key, run_id: str, rnd: int):
-    """Yield (label, node offset, reply or raw message builder) for one bad reply."""
+def _signed(
+    key,
+    cid: str,
+    node: int,
+    rnd: int,
+    blob: bytes | None,
+    metrics: dict[str, float | int],
+    *,
+    run: str = RUN,
+    status: str = "",
+    digest: str | None = None,
+    size: int | None = None,
+) -> TrainReply:
+    """A reply whose client record is signed by ``key`` (the way fedpriv's client signs)."""
+    import hashlib
+
+    fields = {
+        "run_id": run,
+        "round": rnd,
+        "client_id": cid,
+        "node_id": node,
+        "seq": 0,
+        "prev": "0" * 64,
+        "status": status or ("trained" if blob is not None else "refused"),
+        "reason": "",
+        "event": [1.1, 0.1, 3],
+        "history": [[1.1, 0.1, 3]],
+        "epsilon": 1.0,
+        "update_sha256": digest
+        if digest is not None
+        else (hashlib.sha256(blob).hexdigest() if blob is not None else ""),
+        "update_bytes": size if size is not None else (len(blob) if blob is not None else 0),
+        "metrics_sha256": metrics_digest(metrics),
+    }
+    record, d = make_record(RECORD_FORMAT, fields)
+    return TrainReply(metrics, blob, "", cid, record, sign_record(key, d))
+
+
+def _honest(codec, key, cid: str, node: int, rnd: int, values: np.ndarray, w: int) -> TrainReply:
+    upd = codec.encode(values, w)
+    return _signed(key, cid, node, rnd, upd.blob, _metrics(w, upd.blob, upd.clipped))
+
+
+def _mutation(rng: random.Random, good: TrainReply, honest_key, other: TrainReply, bad, rnd: int):
+    """One bad reply from a bad node: (label, TrainReply or None for a broken record)."""
     blob = good.blob
     assert blob is not None
-    kind = rng.randrange(16)
+    key, cid, node = bad
+    kind = rng.randrange(19)
     m = dict(good.metrics)
 
-    def resign(
-        b: bytes, cid: str = good.client_id, r: int = rnd, run: str = run_id, mm: dict | None = None
-    ) -> tuple[str, bytes]:
-        d = hashlib.sha256(b).hexdigest()
-        return d, sign_update(
-            key, run, r, cid, f"{d}:{metrics_digest(mm if mm is not None else m)}"
-        )
-
     def with_blob(b: bytes, label: str):
-        mm = dict(m, **{"update-bytes": len(b)})
-        d, s = resign(b, mm=mm)
-        return label, TrainReply(mm, b, "", d, "[]", good.client_id, s)
+        return label, _signed(key, cid, node, rnd, b, dict(m, **{"update-bytes": len(b)}))
 
     if kind == 0:
-        cut = rng.randrange(0, len(blob))
-        return with_blob(blob[:cut], "truncated")
+        return with_blob(blob[: rng.randrange(0, len(blob))], "truncated")
     if kind == 1:
         b = bytearray(blob)
         for _ in range(rng.randint(1, 8)):
@@ -122,7 +157,6 @@ def _mutations(rng: random.Random, good: TrainReply, other: TrainReply, key, run
         return with_blob(b"", "empty payload")
     if kind == 3:
         b = bytearray(blob)
-        # declared ciphertext count / length fields live in the header: make them huge
         pos = rng.randrange(4, min(64, len(b) - 4))
         b[pos : pos + 4] = b"\xff\xff\xff\x7f"
         return with_blob(bytes(b), "huge declared size")
@@ -131,62 +165,44 @@ def _mutations(rng: random.Random, good: TrainReply, other: TrainReply, key, run
     if kind == 5:
         return with_blob(blob + bytes(rng.randrange(1, 4096)), "trailing bytes")
     if kind == 6:
+        ok = _signed(key, cid, node, rnd, blob, m)
         b = bytearray(blob)
         b[rng.randrange(len(b))] ^= 0x10
-        return "bit flip, old signature", TrainReply(
-            m, bytes(b), "", good.update_sha256, "[]", good.client_id, good.signature
-        )
+        return "bit flip, old signature", TrainReply(m, bytes(b), "", cid, ok.record, ok.signature)
     if kind == 7:
-        return "no signature", TrainReply(
-            m, blob, "", good.update_sha256, "[]", good.client_id, b""
-        )
+        ok = _signed(key, cid, node, rnd, blob, m)
+        return "no signature", TrainReply(m, blob, "", cid, ok.record, b"")
     if kind == 8:
-        d, s = resign(blob, r=rnd - 1)
-        return "replay: signed for the previous round", TrainReply(
-            m, blob, "", d, "[]", good.client_id, s
-        )
+        return "replay: signed for the previous round", _signed(key, cid, node, rnd - 1, blob, m)
     if kind == 9:
-        d, s = resign(blob, run="another-run")
-        return "replay: signed for another run", TrainReply(m, blob, "", d, "[]", good.client_id, s)
+        return "replay: signed for another run", _signed(key, cid, node, rnd, blob, m, run="r2")
     if kind == 10:
-        forger = generate_identity()
-        d = hashlib.sha256(blob).hexdigest()
-        sig = sign_update(forger, run_id, rnd, good.client_id, f"{d}:{metrics_digest(m)}")
-        return "forged signature", TrainReply(m, blob, "", d, "[]", good.client_id, sig)
+        return "forged signature", _signed(generate_identity(), cid, node, rnd, blob, m)
     if kind == 11:
-        d, s = resign(blob)
-        return "unknown client id", TrainReply(m, blob, "", d, "[]", "client-999", s)
+        return "unknown client id", _signed(key, "client-999", node, rnd, blob, m)
     if kind == 12:
-        key_name = rng.choice(list(m))
+        name = rng.choice(list(m))
         mm = dict(m)
-        mm[key_name] = rng.choice(
-            [-1, -5.0, math.inf, math.nan, 10**18 if isinstance(m[key_name], int) else -1e300]
-        )
-        if isinstance(m[key_name], int) and not isinstance(mm[key_name], int):
-            mm[key_name] = -1
-        label = "bad metric (unsigned change)"
+        mm[name] = -1 if isinstance(m[name], int) else rng.choice([-1.0, math.inf, math.nan])
         if rng.random() < 0.5:
-            # re-signed by the key holder itself: only range checks can stop these
-            mm[key_name] = (
-                -1 if isinstance(m[key_name], int) else rng.choice([-1.0, math.inf, math.nan])
-            )
-            d, sig = resign(blob, mm=mm)
-            return "bad metric value (re-signed)", TrainReply(
-                mm, blob, "", d, "[]", good.client_id, sig
-            )
-        return label, TrainReply(
-            mm, blob, "", good.update_sha256, "[]", good.client_id, good.signature
+            return "bad metric value (re-signed)", _signed(key, cid, node, rnd, blob, mm)
+        ok = _signed(key, cid, node, rnd, blob, m)
+        return "bad metric (unsigned change)", TrainReply(
+            mm, blob, "", cid, ok.record, ok.signature
         )
     if kind == 13:
-        return "sha256 mismatch", TrainReply(
-            m, blob, "", "0" * 64, "[]", good.client_id, good.signature
-        )
+        return "sha256 mismatch", _signed(key, cid, node, rnd, blob, m, digest="0" * 64)
     if kind == 14:
-        mm = dict(m, **{"update-bytes": len(blob) + 1})
-        return "declared size mismatch", TrainReply(
-            mm, blob, "", good.update_sha256, "[]", good.client_id, good.signature
-        )
-    return "raw", None  # kind 15: structurally broken records, built below
+        return "declared size mismatch", _signed(key, cid, node, rnd, blob, m, size=len(blob) + 1)
+    if kind == 15:
+        # An honest client's exact signed reply, resent by another registered node.
+        return "cross-client replay", good
+    if kind == 16:
+        # A record naming the honest client, signed by the bad client's own key.
+        return "impersonation", _signed(key, good.client_id, node, rnd, blob, m)
+    if kind == 17:
+        return "status mismatch", _signed(key, cid, node, rnd, blob, m, status="refused")
+    return "raw", None  # kind 18: structurally broken records, built below
 
 
 def _broken_records(rng: random.Random, node: int, good_blob: bytes) -> Message:
@@ -221,42 +237,33 @@ def test_fuzzed_replies_never_crash_or_corrupt_the_sum(setup) -> None:
     npr = np.random.default_rng(5)
     labels: dict[str, int] = {}
     total_bad = 0
+    bad_clients = [(ids[f"client-{K + j}"], f"client-{K + j}", BAD[j]) for j in range(len(BAD))]
+    pins = {f"client-{i}": HONEST[i] for i in range(K)}
+    pins.update({cid: node for _, cid, node in bad_clients})
     for rnd in range(2, ROUNDS + 2):
-        # K honest nodes plus one node per bad reply: each node replies once, so every bad reply
-        # is parsed and validated on its own merits (not dropped as a duplicate).
+        # Every reply comes from its own node, so each bad reply is validated on its own merits.
         strategy = EncryptedFedAvg(
             params,
             "{}",
             num_clients=K,
             min_train_clients=K,
             identities=registry,
-            run_id="run-under-test",
+            run_id=RUN,
+            pinned_nodes=pins,  # as a deployment registers them
         )
-        honest_nodes = list(range(100, 100 + K))
-        bad_nodes = list(range(1000, 1000 + BAD_PER_ROUND))
-        strategy._current = RoundRecord(rnd, honest_nodes + bad_nodes)
+        strategy._current = RoundRecord(rnd, HONEST + BAD)
         values = [npr.uniform(-1, 1, N_VALUES).astype(np.float32) for _ in range(K)]
         weights = [rng.randint(1, 200) for _ in range(K)]
         good = [
-            _honest(
-                codec,
-                ids[f"client-{i}"],
-                f"client-{i}",
-                "run-under-test",
-                rnd,
-                values[i],
-                weights[i],
-            )
+            _honest(codec, ids[f"client-{i}"], f"client-{i}", HONEST[i], rnd, values[i], weights[i])
             for i in range(K)
         ]
-        other = _honest(
-            other_codec, ids["client-0"], "client-0", "run-under-test", rnd, values[0], 1
-        )
-        msgs: list[Message] = [_reply(honest_nodes[i], good[i]) for i in range(K)]
+        other = _honest(other_codec, ids["client-0"], "client-0", HONEST[0], rnd, values[0], 1)
+        msgs: list[Message] = [_reply(HONEST[i], good[i]) for i in range(K)]
         node_label: dict[int, str] = {}
-        for node in bad_nodes:
+        for j, node in enumerate(BAD):
             i = rng.randrange(K)
-            label, bad = _mutations(rng, good[i], other, ids[f"client-{i}"], "run-under-test", rnd)
+            label, bad = _mutation(rng, good[i], ids[f"client-{i}"], other, bad_clients[j], rnd)
             node_label[node] = label
             msgs.append(
                 _broken_records(rng, node, good[i].blob or b"")
@@ -266,31 +273,38 @@ def test_fuzzed_replies_never_crash_or_corrupt_the_sum(setup) -> None:
             labels[label] = labels.get(label, 0) + 1
         # a valid update from an unsampled node, and a second reply from an honest node
         msgs.append(_reply(999, good[0]))
-        msgs.append(_reply(honest_nodes[1], good[1]))
+        msgs.append(_reply(HONEST[1], good[1]))
         total_bad += BAD_PER_ROUND + 2
         # honest replies keep their place ahead of the duplicate; the rest arrive in any order
         tail = msgs[K:]
         rng.shuffle(tail)
-        dup = next(m for m in tail if int(m.metadata.src_node_id) == honest_nodes[1])
+        dup = next(m for m in tail if int(m.metadata.src_node_id) == HONEST[1])
         tail.remove(dup)
         order = msgs[:K]
         for m in tail:
             order.insert(rng.randrange(len(order) + 1), m)
-        pos = max(i for i, m in enumerate(order) if int(m.metadata.src_node_id) == honest_nodes[1])
+        pos = max(i for i, m in enumerate(order) if int(m.metadata.src_node_id) == HONEST[1])
         order.insert(rng.randrange(pos + 1, len(order) + 1), dup)
         agg, _ = strategy.aggregate_train(rnd, order)
         rec = strategy._current
         assert rec is not None
         accepted = [c for c in rec.clients if c.status == "accepted"]
         assert agg is not None and rec.accepted == K, [
-            (c.status, c.reason) for c in rec.clients if c.status != "accepted"
+            (node_label.get(c.node_id), c.reason) for c in rec.clients if c.status != "accepted"
         ][:5]
-        assert sorted(c.node_id for c in accepted) == honest_nodes, [
+        assert sorted(c.node_id for c in accepted) == HONEST, [
             node_label.get(c.node_id) for c in accepted
         ]
         bad_records = [c for c in rec.clients if c.status != "accepted"]
         assert len(bad_records) == BAD_PER_ROUND + 2
         assert all(c.reason for c in bad_records)
+        # a record reaches the ledger only when its signature verified (a valid record whose
+        # blob then failed validation is kept: that client was charged for training)
+        for c in bad_records:
+            if c.record:
+                registry.verify_record(
+                    c.client_id, record_digest(c.record), bytes.fromhex(c.signature)
+                )
         mean, total_w, count = codec.decode(strategy.global_blob or b"")
         expected = sum(
             w * v.astype(np.float64) for w, v in zip(weights, values, strict=True)
@@ -298,7 +312,27 @@ def test_fuzzed_replies_never_crash_or_corrupt_the_sum(setup) -> None:
         assert count == K and total_w == sum(weights)
         assert np.abs(mean - expected).max() <= params.error_bound(sum(weights)) + 1e-6
     assert total_bad >= 1000
-    assert len(labels) >= 15, labels
+    assert len(labels) >= 18, labels
+
+
+def test_cross_client_replay_is_rejected_and_not_summed_twice(setup) -> None:
+    """A registered node resends another client's signed update in the same round (issue 10):
+    without pinned nodes (simulation, bound on first contact) it is rejected, not summed twice."""
+    params, codec, ids, registry, _ = setup
+    strategy = EncryptedFedAvg(
+        params, "{}", num_clients=2, min_train_clients=2, identities=registry, run_id=RUN
+    )
+    strategy._current = RoundRecord(2, [100, 101, 102])
+    v = np.ones(N_VALUES, dtype=np.float32) * 0.25
+    a = _honest(codec, ids["client-0"], "client-0", 100, 2, v, 10)
+    b = _honest(codec, ids["client-1"], "client-1", 101, 2, v, 10)
+    agg, _ = strategy.aggregate_train(2, [_reply(100, a), _reply(101, b), _reply(102, a)])
+    rec = strategy._current
+    assert agg is not None and rec.accepted == 2
+    replay = next(c for c in rec.clients if c.node_id == 102)
+    assert replay.status == "rejected" and "node" in replay.reason
+    _, total_w, count = codec.decode(strategy.global_blob or b"")
+    assert (count, total_w) == (2, 20)
 
 
 def test_dealer_writes_owner_only_identity_keys(setup, tmp_path: Path) -> None:

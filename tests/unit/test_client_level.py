@@ -8,18 +8,19 @@ import pytest
 
 from fedpriv.config import load_config
 from fedpriv.crypto import Aggregator, KeyHolder, choose_params
-from fedpriv.privacy import DpEvent, opacus_epsilon, pld_epsilon
 from fedpriv.privacy.client_level import (
     client_level_epsilon,
+    client_level_epsilon_vs_server,
     client_level_plan,
     clip_update,
-    csprng_uniform,
     discrete_gaussian,
+    rounding_norm,
 )
+from fedpriv.privacy.rng import OsRandom
 
 
 def test_csprng_uniforms_are_uniform() -> None:
-    u = csprng_uniform(200_000)
+    u = OsRandom().uniform(200_000)
     assert u.min() > 0 and u.max() < 1
     assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
 
@@ -53,7 +54,8 @@ def test_clip_update() -> None:
 
 
 def test_summed_noise_shares_have_the_intended_variance_under_bfv() -> None:
-    """K clients each add a share; the decrypted sum carries noise of std z*C (in real units)."""
+    """K clients each add a share; the decrypted sum carries noise of std z*Delta (real units),
+    Delta = 2 (C + sqrt(d)/s): replace-one sensitivity with the rounding error included."""
     cfg = load_config(
         None,
         [
@@ -63,12 +65,15 @@ def test_summed_noise_shares_have_the_intended_variance_under_bfv() -> None:
             "federation.num_clients=5",
         ],
     )
-    plan = client_level_plan(cfg)
-    assert plan.k_min == 5 and plan.sample_rate == 1.0
     n = 20_000
+    first = client_level_plan(cfg, cfg.privacy.client_clip_norm)
+    assert first.k_min == 5 and first.sample_rate == 1.0
     params = choose_params(
-        "bfv", num_values=n, max_clients=5, max_weight=1, value_range=1.0 + plan.headroom
+        "bfv", num_values=n, max_clients=5, max_weight=1, value_range=1.0 + first.headroom
     )
+    plan = client_level_plan(cfg, rounding_norm(n, params.quant_scale))
+    assert plan.sensitivity == pytest.approx(2 * (0.5 + math.sqrt(n) / params.quant_scale))
+    assert plan.rounding_norm < plan.clip_norm
     holder = KeyHolder.generate(params)
     agg = Aggregator(params)
     rng = np.random.default_rng(0)
@@ -78,13 +83,13 @@ def test_summed_noise_shares_have_the_intended_variance_under_bfv() -> None:
         agg.add(holder.encrypt(u, 1, int_noise=noise).blob)
     out = holder.decrypt(agg.result())
     residual = out.weighted_sum - np.sum(np.asarray(updates, dtype=np.float64), axis=0)
-    target = plan.noise_multiplier * plan.clip_norm
+    target = plan.noise_multiplier * plan.sensitivity
     # sample std of n normal draws: relative standard error ~ 1/sqrt(2n) = 0.5%
     assert residual.std() == pytest.approx(target, rel=0.03)
     assert abs(residual.mean()) < 5 * target / math.sqrt(n)
 
 
-def test_client_level_accounting_matches_independent_recomputation() -> None:
+def test_client_level_accounting_is_replace_one_without_replacement() -> None:
     cfg = load_config(
         None,
         [
@@ -96,18 +101,32 @@ def test_client_level_accounting_matches_independent_recomputation() -> None:
         ],
     )
     plan = client_level_plan(cfg)
-    assert plan.sample_rate == 0.5
-    eps = client_level_epsilon(plan, 8, 1e-5, "prv")
+    assert plan.sample_rate == 0.5 and (plan.num_clients, plan.per_round) == (10, 5)
+    eps = client_level_epsilon(plan, 8, 1e-5)
     assert eps <= 4.0 and eps == pytest.approx(4.0, abs=0.05)
-    # dp-accounting's PLD accountant, run independently on the same (z, q, rounds)
-    assert pld_epsilon([DpEvent(plan.noise_multiplier, 0.5, 8)], 1e-5) == pytest.approx(
-        eps, rel=0.03
-    )
-    assert opacus_epsilon([DpEvent(plan.noise_multiplier, 0.5, 8)], 1e-5, "rdp") >= eps
     # monotone over rounds, so a budget check before each round refuses the first round past it
-    series = [client_level_epsilon(plan, r, 1e-5, "prv") for r in range(1, 10)]
+    series = [client_level_epsilon(plan, r, 1e-5) for r in range(1, 10)]
     assert all(a < b for a, b in itertools.pairwise(series))
     assert series[-1] > 4.0
+    # against the server, which chose the sample, there is no amplification by sampling
+    assert client_level_epsilon_vs_server(plan, 8, 1e-5) > eps
+    assert client_level_epsilon_vs_server(plan, 4, 1e-5) > client_level_epsilon(plan, 4, 1e-5)
+
+
+def test_unsampled_replace_one_gaussian_matches_an_independent_pld() -> None:
+    """With every client in every round the mechanism is a plain Gaussian: dp-accounting's RDP
+    (what fedpriv reports) upper-bounds the tight PLD and stays within 15% of it."""
+    from dp_accounting import dp_event
+    from dp_accounting.pld import pld_privacy_accountant
+
+    cfg = load_config(None, ["privacy.mode=client", "privacy.client_noise_multiplier=2.0"])
+    plan = client_level_plan(cfg)
+    assert plan.sample_rate == 1.0
+    rdp = client_level_epsilon(plan, 5, 1e-5)
+    acc = pld_privacy_accountant.PLDAccountant()
+    acc.compose(dp_event.GaussianDpEvent(plan.noise_multiplier), 5)
+    pld = acc.get_epsilon(1e-5)
+    assert pld <= rdp <= 1.15 * pld
 
 
 def test_client_level_config_rules() -> None:
