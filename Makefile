@@ -3,7 +3,7 @@ PYTHON ?= python3
 # torch is pinned to the CPU wheel: a looser requirement pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-dev simulate lint typecheck test test-slow test-all
+.PHONY: install install-dev simulate lint typecheck docs test test-slow test-all
 
 install:
 	$(PYTHON) -m pip install -q "$(TORCH)" -e .
@@ -22,6 +22,11 @@ lint:
 
 typecheck:
 	$(PYTHON) -m mypy
+
+# The documentation site (docs/ and the API reference from the docstrings) into build/docs;
+# --strict fails on any warning, as tests/integration/test_docs_build.py does.
+docs:
+	$(PYTHON) -m mkdocs build --strict
 
 # The default suite: lint, types, and every test not marked slow (about 15 minutes on 2 cores).
 test: install-dev lint typecheck

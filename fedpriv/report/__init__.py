@@ -5,20 +5,24 @@
 ``privacy_report.html``; ``fedpriv report verify RUN_DIR`` checks the signature, the hash chains,
 the egress record, the file digests, and recomputes every client's epsilon with an independent
 accountant. See ``docs/privacy-report.md``.
+
+Layout: :mod:`~fedpriv.report.facts` reads a run folder once; each module of
+:mod:`~fedpriv.report.sections` builds a group of sections and draws them; :mod:`~.build`
+assembles and signs the JSON, :mod:`~.html` frames the page.
 """
 
 from fedpriv.report.build import (
-    PLD_TOLERANCE,
     SCHEMA_VERSION,
-    BuildOptions,
     ReportPaths,
     build_report,
-    epsilon_tier,
     signed_payload,
     validate_report,
     write_report,
 )
+from fedpriv.report.epsilon import PLD_TOLERANCE
+from fedpriv.report.facts import BuildOptions, Environment, RunFacts, load_facts
 from fedpriv.report.records import REPORT_HTML, REPORT_JSON
+from fedpriv.report.tiers import epsilon_tier
 from fedpriv.report.verify import Check, VerifyOptions, VerifyResult, verify_run
 
 __all__ = [
@@ -28,11 +32,14 @@ __all__ = [
     "SCHEMA_VERSION",
     "BuildOptions",
     "Check",
+    "Environment",
     "ReportPaths",
+    "RunFacts",
     "VerifyOptions",
     "VerifyResult",
     "build_report",
     "epsilon_tier",
+    "load_facts",
     "signed_payload",
     "validate_report",
     "verify_run",

@@ -1,6 +1,7 @@
-"""The report's two figures, drawn with matplotlib as inline SVG (no files, no network).
+"""The report page's figures, drawn with matplotlib as inline SVG (no files, no network).
 
-Output is deterministic for a given report and matplotlib version (fixed SVG hash salt, no date
+:func:`render_figures` is the page's "Figures" part: each client's epsilon after each round
+(from ``accounting``) and the bytes each device sent (from ``egress``). Output is deterministic for a given report and matplotlib version (fixed SVG hash salt, no date
 metadata), so a verifier can re-render the HTML and compare bytes.
 """
 
@@ -10,7 +11,9 @@ import io
 import math
 from typing import Any, cast
 
-__all__ = ["egress_svg", "epsilon_svg"]
+from fedpriv.report.markup import eps_text, esc
+
+__all__ = ["egress_svg", "epsilon_svg", "render_figures"]
 
 _RC: dict[str, Any] = {
     "svg.fonttype": "none",  # text stays text: smaller, selectable, prints sharply
@@ -219,3 +222,37 @@ def egress_svg(report: dict[str, Any]) -> str:
             fontsize=12,
         )
         return _svg(fig)
+
+
+def render_figures(report: dict[str, Any]) -> str:
+    """The page's figures with their captions (a note instead of the epsilon plot without DP)."""
+    out = ['<section id="plots"><h2>Figures</h2>']
+    svg = epsilon_svg(report)
+    cl = report["accounting"].get("client_level")
+    if svg is None and cl:
+        out.append(
+            f'<div class="box warn"><p>Record-level DP was off: there is no per-client \u03b5 to'
+            f" plot. The client-level \u03b5, the same for every client, is"
+            f" {esc(eps_text(cl['epsilon']))} after {esc(cl['rounds_charged'])} round(s)"
+            f" (budget {esc(cl['max_epsilon'])}).</p></div>"
+        )
+    elif svg is None:
+        out.append(
+            '<div class="box bad"><p>No epsilon to plot: differential privacy was off in this'
+            " run.</p></div>"
+        )
+    else:
+        out.append(
+            f'<figure id="fig-epsilon">{svg}<figcaption>Each line is one client\u2019s cumulative'
+            " \u03b5 after each round (it only grows: budgets are never reset). The red dashed"
+            " line is the budget a client may not pass; a client whose next round would cross it"
+            " refuses (X). Background bands: tier 1 (green), tier 2 (yellow), tier 3"
+            " (red).</figcaption></figure>"
+        )
+    out.append(
+        f'<figure id="fig-egress">{egress_svg(report)}<figcaption>Every message a device sent,'
+        " from the hash-chained egress record. Top: encrypted model updates (the server cannot"
+        " read them). Bottom, hatched: unencrypted messages (training metrics), which the server"
+        " reads.</figcaption></figure></section>"
+    )
+    return "".join(out)

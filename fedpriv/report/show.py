@@ -10,6 +10,8 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from fedpriv.report.tiers import epsilon_tier
+
 __all__ = ["print_summary"]
 
 _TIER_STYLE = {1: "green", 2: "yellow", 3: "red", None: "red"}
@@ -23,13 +25,6 @@ def _eps(v: Any) -> str:
 
 def _kib(n: Any) -> str:
     return f"{int(n or 0) / 1024:.1f}"
-
-
-def _tier(v: Any) -> int | None:
-    if v is None:
-        return None
-    x = float("inf") if v == "inf" else float(v)
-    return 1 if x <= 1 else 2 if x <= 10 else 3
 
 
 def print_summary(doc: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
@@ -90,7 +85,7 @@ def print_summary(doc: dict[str, Any], run_dir: Path, console: Console | None = 
     eg = {x["client_id"]: x for x in doc["egress"]["per_client"]}
     for pc in acct["per_client"]:
         cid = pc["client_id"]
-        tier = _tier(pc["epsilon"])
+        tier, _ = epsilon_tier(pc["epsilon"])
         t.add_row(
             escape(cid),
             str(sites.get(cid, {}).get("records", "-")),

@@ -33,9 +33,9 @@ from typing import Any, Literal
 
 from fedpriv.errors import CryptoError, FedprivError, VerificationError
 from fedpriv.privacy.accounting import DpEvent
-from fedpriv.report.build import PLD_TOLERANCE, signed_payload, validate_report
+from fedpriv.report.build import signed_payload, validate_report
 from fedpriv.report.canonical import canonical_bytes, file_text, sha256_bytes, sha256_file
-from fedpriv.report.epsilon import history_key, opacus_eps, pld_eps
+from fedpriv.report.epsilon import PLD_TOLERANCE, history_key, opacus_eps, pld_eps
 from fedpriv.report.records import (
     REPORT_HTML,
     REPORT_JSON,
@@ -819,7 +819,8 @@ def _check_html(ctx: _Ctx) -> Check:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         return _fail(name, f"{REPORT_HTML} is not valid UTF-8: it was altered.")
-    from fedpriv.report.html import lookup, render_html, report_digest
+    from fedpriv.report.html import render_html, report_digest
+    from fedpriv.report.markup import lookup
 
     parser = _Fields()
     parser.feed(text)

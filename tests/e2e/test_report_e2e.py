@@ -26,7 +26,7 @@ from fedpriv.data import load_dataset
 from fedpriv.privacy import DpEvent, opacus_epsilon
 from fedpriv.privacy.training import sample_rate, steps_per_round
 from fedpriv.report import REPORT_HTML, REPORT_JSON, validate_report, verify_run
-from fedpriv.report.html import lookup
+from fedpriv.report.markup import lookup
 from fedpriv.simulation import partition_sizes, simulate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -54,8 +54,14 @@ def make_run(
     refuse: frozenset[tuple[int, str]] = frozenset(),
     ids: tuple[str, ...] = (),
     sigma: float = 1.1,
+    overrides: tuple[str, ...] = (),
+    eps_scale: float = 1.0,
 ) -> Path:
-    """Write a run folder as the RunRecorder would, for ``clients`` clients over ``rounds``."""
+    """Write a run folder as the RunRecorder would, for ``clients`` clients over ``rounds``.
+
+    ``overrides`` are extra ``--set`` items; ``eps_scale`` multiplies the epsilon each client
+    records (below 1: a client that under-reports, for the PLD cross-check).
+    """
     cfg = load_config(
         None,
         [
@@ -66,6 +72,7 @@ def make_run(
             f"encryption.scheme={scheme}",
             "privacy.max_epsilon=50",
             "privacy.target_epsilon=8",
+            *overrides,
         ],
     )
     root.mkdir(parents=True, exist_ok=True)
@@ -122,6 +129,7 @@ def make_run(
                 history[cid] = compress_history([*history[cid], ev])
             # the same Opacus accountant a client uses, memoised across synthetic runs
             eps = opacus_eps(p.accountant, p.delta, history_key(history[cid])) if dp else 0.0
+            eps *= eps_scale
             trained = not refused
             ledger.append(
                 {

@@ -1,0 +1,374 @@
+"""Sections 8-9: privacy accounting (record-level, PLD cross-check, client-level) and the budget."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping
+from typing import Any
+
+from fedpriv.privacy.accounting import DpEvent
+from fedpriv.report.canonical import finite
+from fedpriv.report.epsilon import PLD_TOLERANCE, history_key, opacus_eps, pld_eps
+from fedpriv.report.facts import RunFacts, client_sort_key
+from fedpriv.report.markup import eps_text, esc, kv, pill, table
+from fedpriv.report.sections.base import Section
+from fedpriv.report.tiers import epsilon_tier
+
+__all__ = ["SECTIONS"]
+
+
+def _client_level(f: RunFacts) -> dict[str, Any] | None:
+    """Client-level DP (distributed discrete Gaussian under BFV) as planned and charged.
+
+    The run charges one Poisson-subsampled Gaussian step (z, q) per round that ran, whoever took
+    part, so the run's client-level epsilon after R rounds is that of [[z, q, R]].
+    """
+    plan = f.client_level
+    if plan is None:
+        return None
+    z, q = float(plan["noise_multiplier"]), float(plan["sample_rate"])
+    delta = float(plan["delta"])
+    rounds = max((int(r["round"]) for r in f.rounds), default=0)
+    acc = str(f.metrics.get("accountant", "prv"))
+    hist = [DpEvent(z, q, rounds)] if rounds else []
+    from_ledger = [
+        float(e["client_level_epsilon"])
+        for e in f.ledger.entries
+        if e.get("client_level_epsilon") is not None
+    ]
+    return {
+        "noise_multiplier": z,
+        "sample_rate": q,
+        "clip_norm": float(plan["clip_norm"]),
+        "k_min": int(plan["k_min"]),
+        "delta": delta,
+        "max_epsilon": float(plan["max_epsilon"]),
+        "accountant": acc,
+        "rounds_charged": rounds,
+        "history": [e.as_list() for e in hist],
+        "epsilon": finite(opacus_eps(acc, delta, history_key(hist))),
+        "epsilon_pld": finite(pld_eps(delta, history_key(hist))),
+        "epsilon_ledger_max": finite(max(from_ledger)) if from_ledger else None,
+        "adjacency": "add/remove one client (all of its data)",
+        "noise": "each client adds a discrete-Gaussian share (std z*C/sqrt(k_min), from the OS"
+        " CSPRNG) before BFV encryption; only sums of at least k_min updates are used",
+        "approximations": "clients are sampled as a fixed-size set, accounted as Poisson with"
+        " q = clients per round / clients; a sum of discrete Gaussians is close to, not exactly,"
+        " a discrete Gaussian",
+    }
+
+
+def build_accounting(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
+    m, dp = f.metrics, f.record_dp
+    delta = float(m.get("delta", 0.0)) if dp else None
+    pld_delta = float(m.get("delta", 1e-5))
+    per_client: list[dict[str, Any]] = []
+    for c in f.clients:
+        last = c.final
+        hist_raw = (last or {}).get("history") or []
+        eps = finite((last or {}).get("epsilon", 0.0)) if dp else None
+        eps_pld: float | str | None = None
+        if dp:
+            hist = [DpEvent.from_any(h) for h in hist_raw]
+            eps_pld = finite(pld_eps(pld_delta, history_key(hist)))
+        per_client.append(
+            {
+                "client_id": c.client_id,
+                "epsilon": eps,
+                "epsilon_pld": eps_pld,
+                "history": [list(h) for h in hist_raw] if dp else [],
+                "rounds_trained": c.rounds_trained,
+                "ledger_seq": int(last["seq"]) if last else None,
+            }
+        )
+    per_round = []
+    for r in f.rounds:
+        rnd = int(r["round"])
+        per_round.append(
+            {
+                "round": rnd,
+                "clients": [
+                    {
+                        "client_id": str(e["client_id"]),
+                        "status": str(e["status"]),
+                        "epsilon": finite(e.get("epsilon")) if dp else None,
+                        "ledger_seq": int(e["seq"]),
+                    }
+                    for e in f.ledger.entries
+                    if int(e["round"]) == rnd
+                ],
+            }
+        )
+    values = [
+        math.inf if pc["epsilon"] == "inf" else float(pc["epsilon"])
+        for pc in per_client
+        if pc["epsilon"] is not None
+    ]
+    within = None
+    if dp:
+        within = all(
+            pc["epsilon_pld"] is None
+            or pc["epsilon"] == "inf"
+            or (
+                pc["epsilon_pld"] != "inf"
+                and float(pc["epsilon"]) >= float(pc["epsilon_pld"]) * (1 - PLD_TOLERANCE)
+            )
+            for pc in per_client
+        )
+    biggest = max((c.records or 0) for c in f.clients) if f.clients else 0
+    rationale = None
+    if delta is not None:
+        rationale = (
+            f"delta = {delta:g} is the probability the epsilon bound may fail; it is below"
+            f" 1/n = {1 / biggest:.3g} for the largest client (n = {biggest}), as DP practice"
+            " requires (a mechanism that leaks one whole record with probability 1/n would"
+            " otherwise qualify)"
+            if biggest
+            else f"delta = {delta:g}"
+        )
+    env = f.environment
+    return {
+        "dp": dp,
+        "accountant": str(m.get("accountant", "")) if dp else None,
+        "accountant_library": f"opacus {env.version('opacus')}" if dp else None,
+        "delta": delta,
+        "delta_rationale": rationale,
+        "cross_check": {
+            "accountant": "pld",
+            "library": f"dp-accounting {env.version('dp-accounting')}",
+            "value_discretization_interval": 1e-4,
+            "relative_tolerance": PLD_TOLERANCE,
+            "all_within_tolerance": within,
+            "rule": "a reported epsilon more than the tolerance below the PLD epsilon fails"
+            " verification (PLD is usually slightly tighter than PRV)",
+        }
+        if dp
+        else None,
+        "epsilon": {
+            "max": finite(max(values)) if values else None,
+            "median": finite(statistics.median(values)) if values else None,
+            "min": finite(min(values)) if values else None,
+        },
+        "per_client": per_client,
+        "per_round": per_round,
+        "recompute": "fedpriv report verify RUN_DIR (or feed each history [sigma, q, steps] to"
+        " any accountant for the Poisson-subsampled Gaussian mechanism)",
+        "client_level": _client_level(f),
+    }
+
+
+def _render_client_level(a: Mapping[str, Any]) -> str:
+    cl = a.get("client_level")
+    if not cl:
+        return ""
+    return "<p><b>Client-level DP</b> (the aggregate of each round)</p>" + kv(
+        [
+            ("adjacency", esc(cl["adjacency"])),
+            (
+                "mechanism",
+                f"clip norm {esc(cl['clip_norm'])}, noise multiplier"
+                f" z = {esc(format(cl['noise_multiplier'], '.4f'))},"
+                f" q = {esc(format(cl['sample_rate'], '.4g'))}, at least"
+                f" k_min = {esc(cl['k_min'])} updates per sum. {esc(cl['noise'])}",
+            ),
+            (
+                "\u03b5 after the run",
+                f"{esc(eps_text(cl['epsilon']))} ({esc(cl['accountant'].upper())}), PLD"
+                f" cross-check {esc(eps_text(cl['epsilon_pld']))}, \u03b4 = {esc(cl['delta'])},"
+                f" over {esc(cl['rounds_charged'])} round(s); budget {esc(cl['max_epsilon'])}",
+            ),
+            ("approximations", esc(cl["approximations"])),
+        ]
+    )
+
+
+def render_accounting(r: Mapping[str, Any]) -> str:
+    a = r["accounting"]
+    if not a["dp"]:
+        if a.get("client_level"):
+            return "<p>Record-level DP was off.</p>" + _render_client_level(a)
+        return '<p class="box bad">No accounting: differential privacy was off.</p>'
+    cc = a["cross_check"]
+    head = kv(
+        [
+            ("accountant", f"{esc(a['accountant'].upper())} ({esc(a['accountant_library'])})"),
+            ("\u03b4", esc(a["delta_rationale"])),
+            (
+                "\u03b5 max / median / min",
+                " / ".join(eps_text(a["epsilon"][k]) for k in ("max", "median", "min")),
+            ),
+            (
+                "cross-check",
+                f"{esc(cc['accountant'].upper())} ({esc(cc['library'])}), relative tolerance"
+                f" {esc(cc['relative_tolerance'])}: "
+                + pill(cc["all_within_tolerance"], "all within", "NOT all within")
+                + f" <span class='source'>{esc(cc['rule'])}</span>",
+            ),
+            ("recompute", f"<code>{esc(a['recompute'])}</code>"),
+        ]
+    )
+    rows = []
+    for c in a["per_client"]:
+        tier, _ = epsilon_tier(c["epsilon"])
+        hist = "; ".join(f"[{h[0]:.4f}, {h[1]:.4g}, {h[2]}]" for h in c["history"]) or "\u2014"
+        tone = "yes" if tier == 1 else "t2" if tier == 2 else "no"
+        rows.append(
+            [
+                esc(c["client_id"]),
+                esc(eps_text(c["epsilon"])),
+                esc(eps_text(c["epsilon_pld"])),
+                f'<span class="pill {tone}">tier {esc(tier)}</span>',
+                f"<code>{esc(hist)}</code>",
+            ]
+        )
+    per_client = table(
+        [
+            "client",
+            f"\u03b5 ({a['accountant'].upper()}, reported)",
+            "\u03b5 (PLD cross-check)",
+            "tier",
+            "history [\u03c3, q, steps]",
+        ],
+        rows,
+        numeric=(1, 2),
+    )
+    ids = [c["client_id"] for c in a["per_client"]]
+    grid = []
+    for rnd in a["per_round"]:
+        by = {c["client_id"]: c for c in rnd["clients"]}
+        cells = [esc(rnd["round"])]
+        for cid in ids:
+            c = by.get(cid)
+            if c is None:
+                cells.append("")
+            else:
+                mark = " \u2716" if c["status"] == "refused" else ""
+                cells.append(esc(eps_text(c["epsilon"]) + mark))
+        grid.append(cells)
+    per_round = table(["round", *ids], grid, numeric=tuple(range(len(ids) + 1)), cls="small")
+    return (
+        head
+        + per_client
+        + "<p>Cumulative \u03b5 per client after each round (\u2716 = refused):</p>"
+        + per_round
+        + _render_client_level(a)
+    )
+
+
+def build_budget_policy(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
+    acct = done["accounting"]
+    refusals: list[dict[str, Any]] = [
+        {
+            "round": int(e["round"]),
+            "client_id": str(e["client_id"]),
+            "epsilon_spent": finite(e.get("epsilon")),
+            "reason": str(e.get("reason") or ""),
+        }
+        for e in f.ledger.entries
+        if e.get("status") == "refused"
+    ]
+    cl = acct["client_level"]
+    common: dict[str, Any] = {
+        "refusals": refusals,
+        "clients_at_budget": sorted({r["client_id"] for r in refusals}, key=client_sort_key),
+        "client_max_epsilon": cl["max_epsilon"] if cl else None,
+        "client_on_reach": (
+            "Before each round the server computes the client-level epsilon the round would"
+            " reach; if it passes client_max_epsilon the run stops (clients refuse such a round"
+            " too). The reason is recorded as the run's stop reason."
+        )
+        if cl
+        else None,
+        "stop_reason": str(f.metrics.get("stop_reason") or ""),
+    }
+    if not f.record_dp:
+        return {
+            "dp": cl is not None,
+            "max_epsilon": None,
+            "target_epsilon": None,
+            "on_reach": "not applicable: record-level DP was off",
+            "resets": "not applicable" if cl is None else "never: the run's rounds are counted",
+            "headroom": finite(cl["max_epsilon"] - float(cl["epsilon"]))
+            if cl and cl["epsilon"] != "inf"
+            else None,
+            **common,
+        }
+    p = f.privacy
+    cap = float(p.get("max_epsilon", f.metrics.get("max_epsilon", 0.0)))
+    return {
+        "dp": True,
+        "max_epsilon": cap,
+        "target_epsilon": float(p.get("target_epsilon", 0.0)),
+        "on_reach": (
+            "Before training, a client computes the epsilon it would reach after the round; if"
+            " that exceeds max_epsilon it refuses, sends nothing but the refusal, and the refusal"
+            " is written to the ledger. The run goes on with the other clients."
+        ),
+        "resets": (
+            "Never: each client's accountant history is persisted before its update leaves, so a"
+            " lost update is still charged, and a restart continues from the stored history."
+        ),
+        "headroom": finite(cap - float(acct["epsilon"]["max"]))
+        if acct["epsilon"]["max"] not in (None, "inf")
+        else None,
+        **common,
+    }
+
+
+def render_budget_policy(r: Mapping[str, Any]) -> str:
+    b = r["budget_policy"]
+    if not b["dp"]:
+        return "<p>No privacy budget: differential privacy was off.</p>"
+    pairs = []
+    if b["max_epsilon"] is not None:
+        pairs += [
+            ("maximum \u03b5 per client", esc(format(b["max_epsilon"], "g"))),
+            ("planned target \u03b5", esc(format(b["target_epsilon"], "g"))),
+            ("headroom left (weakest client)", esc(eps_text(b.get("headroom")))),
+            ("when the budget is reached", esc(b["on_reach"])),
+            ("resets", esc(b["resets"])),
+        ]
+    if b.get("client_max_epsilon") is not None:
+        pairs += [
+            ("maximum client-level \u03b5", esc(format(b["client_max_epsilon"], "g"))),
+            ("when it is reached", esc(b["client_on_reach"])),
+        ]
+        if b["max_epsilon"] is None:
+            pairs.append(("headroom left", esc(eps_text(b.get("headroom")))))
+    if b.get("stop_reason"):
+        pairs.append(("the run stopped early", esc(b["stop_reason"])))
+    head = kv(pairs)
+    if not b["refusals"]:
+        return head + "<p>No client refused a round: every client stayed within its budget.</p>"
+    return head + table(
+        ["round", "client", "\u03b5 already spent", "reason"],
+        (
+            [
+                esc(x["round"]),
+                esc(x["client_id"]),
+                esc(eps_text(x["epsilon_spent"])),
+                esc(x["reason"]),
+            ]
+            for x in b["refusals"]
+        ),
+        numeric=(0, 2),
+    )
+
+
+SECTIONS = (
+    Section(
+        key="accounting",
+        title="Accounting",
+        anchor="accounting",
+        build=build_accounting,
+        render=render_accounting,
+    ),
+    Section(
+        key="budget_policy",
+        title="Budget policy",
+        anchor="budget",
+        build=build_budget_policy,
+        render=render_budget_policy,
+    ),
+)

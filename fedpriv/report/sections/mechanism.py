@@ -1,0 +1,240 @@
+"""Sections 6-7: the privacy unit and threat model, and the DP mechanism as it actually ran."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from fedpriv.report.facts import RunFacts
+from fedpriv.report.markup import esc, fmt_list, kv, pill, table, ul
+from fedpriv.report.sections.base import Section
+
+__all__ = ["SECTIONS"]
+
+
+def build_privacy_unit(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
+    cl = f.client_level
+    if cl is not None:
+        both = f.record_dp
+        return {
+            "dp": True,
+            "unit": "record+client" if both else "client",
+            "unit_description": (
+                "All the data of one client (client-level DP on the aggregate)"
+                + ("; in addition, each record by record-level DP-SGD." if both else ".")
+            ),
+            "adjacency": "add/remove one client"
+            + ("; add/remove one record (Poisson subsampling)" if both else ""),
+            "threat_model": [
+                "The client-level guarantee covers what the aggregate reveals: every global"
+                f" model, provided at least k_min = {cl['k_min']} clients added their noise"
+                " shares to each round's sum.",
+                "It does not protect an individual update from a server that decrypts it"
+                " (shared key, collusion with a client)"
+                + (": record-level DP still bounds that." if both else ": nothing else does."),
+                "Not covered: the plaintext metrics listed under 'releases not covered', side"
+                " channels, and the device itself.",
+            ],
+            "covered_outputs": [
+                "every global model (noised sum of clipped updates)",
+                "the final model (model.safetensors)",
+            ]
+            + (["every encrypted model update (record-level DP)"] if both else []),
+        }
+    if not f.record_dp:
+        return {
+            "dp": False,
+            "unit": "none",
+            "unit_description": "Differential privacy was off: no record or client is protected"
+            " by a formal guarantee.",
+            "adjacency": None,
+            "threat_model": [
+                "Anyone who sees a model update or a global model may learn about individual"
+                " training records: no noise was added."
+            ],
+            "covered_outputs": [],
+        }
+    return {
+        "dp": True,
+        "unit": "record",
+        "unit_description": (
+            "One training example held by one client. A person with several records on one"
+            " device, or on several devices, is protected less (group privacy); the guarantee"
+            " does not hide whether a client took part or how much data it holds."
+        ),
+        "adjacency": "add/remove one record (Poisson subsampling, as Opacus accounts for it)",
+        "threat_model": [
+            "The guarantee holds against anyone who sees any model update a client sent or any"
+            " global model, including a server that decrypts updates by colluding with a client.",
+            "It holds even when the server chooses the models sent to clients adversarially:"
+            " each DP-SGD step is private for any input model (adaptive composition).",
+            "Each client's epsilon covers all rounds it trained in: its accountant history is"
+            " persisted and never reset.",
+            "Not covered: the plaintext metrics listed under 'releases not covered', side"
+            " channels (timing, message sizes), and the device itself.",
+            "The DP noise comes from torch's default generator (Mersenne Twister) seeded from"
+            " OS entropy: not a cryptographically secure generator (Opacus' secure_mode needs"
+            " torchcsprng, unavailable for this torch).",
+        ],
+        "covered_outputs": [
+            "every encrypted model update each client sent",
+            "every global model (the aggregate of DP updates: post-processing)",
+            "the final model (model.safetensors)",
+        ],
+    }
+
+
+def render_privacy_unit(r: Mapping[str, Any]) -> str:
+    u = r["privacy_unit"]
+    return (
+        kv(
+            [
+                ("privacy unit", esc(u["unit"])),
+                ("meaning", esc(u["unit_description"])),
+                ("adjacency", esc(u["adjacency"] or "n/a")),
+                ("outputs covered", esc("; ".join(u["covered_outputs"]) or "none")),
+            ]
+        )
+        + "<p><b>Threat model</b></p>"
+        + ul(u["threat_model"])
+    )
+
+
+def build_mechanism(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
+    p, t = f.privacy, f.train
+    seed = int(p.get("noise_seed", -1))
+    per_client = []
+    for c in f.clients:
+        # Without DP-SGD there is no sampling rate or noise to report, only steps.
+        trained = [e for e in c.ledger if e.get("trained") and f.record_dp]
+        b = int(t.get("batch_size", 1))
+        batches = math.ceil(c.records / b) if c.records else None
+        per_client.append(
+            {
+                "client_id": c.client_id,
+                "records": c.records,
+                "sample_rate": sorted({float(e["sample_rate"]) for e in trained}),
+                "sample_rate_expected": (1.0 / batches) if batches else None,
+                "noise_multiplier": sorted({float(e["noise_multiplier"]) for e in trained}),
+                "steps_per_round": sorted(
+                    {int(e["steps"] or 0) for e in c.ledger if e.get("trained")}
+                ),
+                "steps_total": sum(int(e["steps"] or 0) for e in c.ledger if e.get("trained")),
+                "rounds_trained": c.rounds_trained,
+                "rounds_refused": c.rounds_refused,
+            }
+        )
+    planned = float(p.get("noise_multiplier", 0.0)) == 0.0
+    return {
+        "dp": f.record_dp,
+        "algorithm": "DP-SGD (Opacus), a fresh PrivacyEngine per round" if f.record_dp else "SGD",
+        "clip_norm": float(p.get("max_grad_norm", 0.0)) if f.record_dp else None,
+        "sampling": "Poisson (each record joins each step independently with probability q;"
+        " q = 1/ceil(n/B))"
+        if f.record_dp
+        else "shuffled mini-batches",
+        "batch_size": int(t.get("batch_size", 0)),
+        "local_epochs": int(t.get("local_epochs", 0)),
+        "learning_rate": float(t.get("learning_rate", 0.0)),
+        "rounds_configured": int(f.config.get("rounds", 0)),
+        "rounds_run": len(f.rounds),
+        "grad_sample_mode": str(p.get("grad_sample_mode", "")),
+        "noise_planning": (
+            f"planned per client so that every round it could train in stays within"
+            f" target epsilon {float(p.get('target_epsilon', 0.0)):g}"
+            if planned
+            else f"fixed noise multiplier {float(p.get('noise_multiplier', 0.0)):g}"
+        )
+        if f.record_dp
+        else None,
+        "rng": {
+            "cryptographically_secure": False,
+            "generator": "torch.Generator (Mersenne Twister), one per client per round",
+            "seeded_from": "63 bits from the OS (secrets.randbits)"
+            if seed < 0
+            else f"a FIXED seed ({seed}): anyone who knows it can remove the noise",
+            "fixed_seed": seed >= 0,
+            "note": "Opacus secure_mode needs torchcsprng, which cannot be installed for this"
+            " torch: the noise is not from a cryptographically secure generator.",
+        },
+        "per_client": per_client,
+        "client_level": (
+            "client-level DP on the aggregate: see accounting.client_level"
+            if f.client_level is not None
+            else None
+        ),
+    }
+
+
+def render_mechanism(r: Mapping[str, Any]) -> str:
+    m = r["mechanism"]
+    rng = m["rng"]
+    head = kv(
+        [
+            ("algorithm", esc(m["algorithm"])),
+            ("clip norm", esc(m["clip_norm"] if m["clip_norm"] is not None else "n/a")),
+            ("sampling", esc(m["sampling"])),
+            ("batch size / local epochs", f"{esc(m['batch_size'])} / {esc(m['local_epochs'])}"),
+            ("learning rate", esc(m["learning_rate"])),
+            (
+                "rounds configured / run",
+                f"{esc(m['rounds_configured'])} / {esc(m['rounds_run'])}",
+            ),
+            ("per-sample gradients", esc(m["grad_sample_mode"])),
+            ("noise", esc(m["noise_planning"] or "none")),
+            (
+                "random generator",
+                f"{pill(rng['cryptographically_secure'], 'secure', 'not cryptographically secure')}"
+                f" {esc(rng['generator'])}; seeded from {esc(rng['seeded_from'])}."
+                f" {esc(rng['note'])}",
+            ),
+        ]
+    )
+    rows = (
+        [
+            esc(c["client_id"]),
+            esc(c["records"]),
+            esc(fmt_list(c["sample_rate"], "{:.4g}")),
+            esc(f"{c['sample_rate_expected']:.4g}" if c["sample_rate_expected"] else "\u2014"),
+            esc(fmt_list(c["noise_multiplier"], "{:.4f}")),
+            esc(fmt_list(c["steps_per_round"])),
+            esc(c["steps_total"]),
+            esc(fmt_list(c["rounds_trained"])),
+            esc(fmt_list(c["rounds_refused"])),
+        ]
+        for c in m["per_client"]
+    )
+    return head + table(
+        [
+            "client",
+            "records",
+            "q (as run)",
+            "q = 1/\u2308n/B\u2309",
+            "noise \u03c3",
+            "steps/round",
+            "steps",
+            "rounds trained",
+            "refused",
+        ],
+        rows,
+        numeric=(1, 2, 3, 4, 5, 6),
+    )
+
+
+SECTIONS = (
+    Section(
+        key="privacy_unit",
+        title="Privacy unit and threat model",
+        anchor="unit",
+        build=build_privacy_unit,
+        render=render_privacy_unit,
+    ),
+    Section(
+        key="mechanism",
+        title="Mechanism as actually run",
+        anchor="mechanism",
+        build=build_mechanism,
+        render=render_mechanism,
+    ),
+)
