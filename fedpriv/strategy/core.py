@@ -455,10 +455,10 @@ class EncryptedFedAvg(Strategy):
             refused = [c for c in rec.clients if c.status == "refused"]
             if agg is None:
                 if rec.accepted == 0 and refused and len(refused) == len(rec.sampled):
-                    why = sorted({c.reason for c in refused})
-                    self.stop_reason = f"round {rnd}: every sampled client refused ({why[0]}"
-                    self.stop_reason += (
-                        f"; and {len(why) - 1} other reason(s))" if len(why) > 1 else ")"
+                    reasons = sorted({c.reason for c in refused})
+                    more = f"; and {len(reasons) - 1} other reason(s)" if len(reasons) > 1 else ""
+                    self.stop_reason = (
+                        f"round {rnd}: every sampled client refused ({reasons[0]}{more})"
                     )
                 else:
                     reasons = (
