@@ -455,10 +455,10 @@ class EncryptedFedAvg(Strategy):
             refused = [c for c in rec.clients if c.status == "refused"]
             if agg is None:
                 if rec.accepted == 0 and refused and len(refused) == len(rec.sampled):
-                    reasons = sorted({c.reason for c in refused})
-                    more = f"; and {len(reasons) - 1} other reason(s)" if len(reasons) > 1 else ""
+                    why_all = sorted({c.reason for c in refused})
+                    more = f"; and {len(why_all) - 1} other reason(s)" if len(why_all) > 1 else ""
                     self.stop_reason = (
-                        f"round {rnd}: every sampled client refused ({reasons[0]}{more})"
+                        f"round {rnd}: every sampled client refused ({why_all[0]}{more})"
                     )
                 else:
                     reasons = (
