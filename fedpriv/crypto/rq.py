@@ -131,6 +131,22 @@ def _powers(base: int, n: int, p: int) -> np.ndarray:
     return out
 
 
+def _shoup(w: np.ndarray, moduli: np.ndarray) -> np.ndarray:
+    """floor(w * 2^32 / p) per row (w < p < 2^32), for :func:`_mul_shoup`."""
+    out = np.empty_like(w)
+    for j, p in enumerate(moduli.tolist()):
+        out[j] = (w[j] << _U64(32)) // _U64(p)
+    return out
+
+
+def _mul_shoup(a: np.ndarray, w: np.ndarray, ws: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """a * w mod q for a < 2^32, w < q < 2^32 (Shoup): exact, fully reduced, broadcasting."""
+    r = a * w
+    r -= ((a * ws) >> _U64(32)) * q  # a*ws < 2^64; r in [0, 2q)
+    np.minimum(r, r - q, out=r)
+    return r
+
+
 def uniform_mod(p: int, shape: tuple[int, ...]) -> np.ndarray:
     """Uniform integers in [0, p) from the OS CSPRNG (exact: rejection sampling)."""
     count = int(np.prod(shape))
@@ -166,14 +182,20 @@ class RnsContext:
         for p in ps:
             self.modulus *= p
         rev = bit_reverse_permutation(n)
-        self._psi_rev: list[np.ndarray] = []
-        self._psi_inv_rev: list[np.ndarray] = []
-        self._n_inv: list[int] = []
+        psi_rev, psi_inv_rev, n_inv = [], [], []
         for p in ps:
             psi = minimal_primitive_root(2 * n, p)
-            self._psi_rev.append(_powers(psi, n, p)[rev])
-            self._psi_inv_rev.append(_powers(pow(psi, -1, p), n, p)[rev])
-            self._n_inv.append(pow(n, -1, p))
+            psi_rev.append(_powers(psi, n, p)[rev])
+            psi_inv_rev.append(_powers(pow(psi, -1, p), n, p)[rev])
+            n_inv.append(pow(n, -1, p))
+        # Twiddles and their Shoup companions floor(w * 2^32 / p), shape (L, N): with them a
+        # product a*w mod p (a < 2^32) is a*w - floor(a*w'/2^32)*p in [0, 2p), all primes at once.
+        self._w = np.stack(psi_rev)
+        self._w_shoup = _shoup(self._w, self.moduli)
+        self._wi = np.stack(psi_inv_rev)
+        self._wi_shoup = _shoup(self._wi, self.moduli)
+        self._n_inv = np.array(n_inv, dtype=_U64)[:, None]
+        self._n_inv_shoup = _shoup(self._n_inv, self.moduli)
         # CRT: y_j = x_j * (q/q_j)^-1 mod q_j, then x/q = sum_j y_j / q_j (mod 1).
         self._qhat_inv = [pow(self.modulus // p, -1, p) for p in ps]
 
@@ -192,57 +214,50 @@ class RnsContext:
     def ntt(self, a: np.ndarray) -> np.ndarray:
         """Negacyclic NTT of every polynomial of ``a`` (new array, bit-reversed order)."""
         self._check(a)
-        out = np.array(a, dtype=_U64, copy=True)
-        lead = out.shape[:-2]
-        n = self.n
-        for j, p in enumerate(self.primes):
-            pu = _U64(p)
-            x = out[..., j, :].reshape(-1, n)
-            roots = self._psi_rev[j]
-            m, t = 1, n
-            while m < n:
-                t //= 2
-                v = x.reshape(-1, m, 2, t)
-                hi = v[:, :, 1, :]
-                lo = v[:, :, 0, :]
-                w = hi * roots[m : 2 * m, None]
-                np.remainder(w, pu, out=w)
-                np.subtract(lo, w, out=hi)
-                hi += pu  # lo - w + p in [1, 2p)
-                lo += w  # lo + w in [0, 2p)
-                np.minimum(hi, hi - pu, out=hi)  # uint64 wrap-around: min picks the reduced value
-                np.minimum(lo, lo - pu, out=lo)
-                m *= 2
-            out[..., j, :] = x.reshape((*lead, n))
-        return out
+        lead = a.shape[:-2]
+        size, n = self.size, self.n
+        x = np.array(a, dtype=_U64, copy=True).reshape(-1, size, n)
+        q = self.moduli[None, :, None, None]
+        m, t = 1, n
+        while m < n:
+            t //= 2
+            v = x.reshape(-1, size, m, 2, t)
+            lo = v[:, :, :, 0, :]
+            hi = v[:, :, :, 1, :]
+            w = self._w[None, :, m : 2 * m, None]
+            ws = self._w_shoup[None, :, m : 2 * m, None]
+            prod = _mul_shoup(hi, w, ws, q)
+            np.subtract(lo, prod, out=hi)
+            hi += q  # lo - prod + p in [1, 2p)
+            lo += prod  # [0, 2p)
+            np.minimum(hi, hi - q, out=hi)  # uint64 wrap-around: min picks the reduced value
+            np.minimum(lo, lo - q, out=lo)
+            m *= 2
+        return x.reshape((*lead, size, n))
 
     def intt(self, a: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`ntt` (input in bit-reversed order, output in coefficient order)."""
         self._check(a)
-        out = np.array(a, dtype=_U64, copy=True)
-        lead = out.shape[:-2]
-        n = self.n
-        for j, p in enumerate(self.primes):
-            pu = _U64(p)
-            x = out[..., j, :].reshape(-1, n)
-            roots = self._psi_inv_rev[j]
-            m, t = n // 2, 1
-            while m >= 1:
-                v = x.reshape(-1, m, 2, t)
-                hi = v[:, :, 1, :]
-                lo = v[:, :, 0, :]
-                d = lo + pu - hi  # in [1, 2p)
-                np.minimum(d, d - pu, out=d)
-                lo += hi
-                np.minimum(lo, lo - pu, out=lo)
-                d *= roots[m : 2 * m, None]  # < p^2 < 2^64
-                np.remainder(d, pu, out=hi)
-                m //= 2
-                t *= 2
-            x *= _U64(self._n_inv[j])
-            np.remainder(x, pu, out=x)
-            out[..., j, :] = x.reshape((*lead, n))
-        return out
+        lead = a.shape[:-2]
+        size, n = self.size, self.n
+        x = np.array(a, dtype=_U64, copy=True).reshape(-1, size, n)
+        q = self.moduli[None, :, None, None]
+        m, t = n // 2, 1
+        while m >= 1:
+            v = x.reshape(-1, size, m, 2, t)
+            lo = v[:, :, :, 0, :]
+            hi = v[:, :, :, 1, :]
+            d = lo + q - hi  # [1, 2p)
+            np.minimum(d, d - q, out=d)
+            lo += hi
+            np.minimum(lo, lo - q, out=lo)
+            w = self._wi[None, :, m : 2 * m, None]
+            ws = self._wi_shoup[None, :, m : 2 * m, None]
+            hi[...] = _mul_shoup(d, w, ws, q)
+            m //= 2
+            t *= 2
+        x = _mul_shoup(x, self._n_inv[None], self._n_inv_shoup[None], self.moduli[None, :, None])
+        return x.reshape((*lead, size, n))
 
     # ------------------------------------------------------------------ arithmetic
     def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -336,34 +351,34 @@ class RnsContext:
 
 
 # --------------------------------------------------------------------------- bit packing
-def _layout(bits: int) -> tuple[np.ndarray, np.ndarray]:
-    pos = np.arange(64, dtype=np.int64) * bits
-    return pos // 64, pos % 64
+def _layout(bits: int) -> list[tuple[int, int]]:
+    """(word, offset) of each of 8 consecutive ``bits``-bit values in a little-endian stream."""
+    return [divmod(k * bits, 64) for k in range(8)]
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
     """Pack non-negative integers below 2^bits (1 <= bits <= 64) into ceil(n*bits/8) bytes.
 
-    Value i occupies bits [i*bits, (i+1)*bits) of a little-endian bit stream. Callers check the
-    range; bits above ``bits`` must be zero.
+    Value i occupies bits [i*bits, (i+1)*bits) of a little-endian bit stream. Eight values fill
+    exactly ``bits`` bytes, so the work is eight vector passes over n/8 groups. Callers check
+    the range; bits above ``bits`` must be zero.
     """
     v = np.ascontiguousarray(values, dtype=_U64).reshape(-1)
     n = v.size
     if not 1 <= bits <= 64:
         raise ValueError(f"bits must be in 1..64, got {bits}")
-    groups = -(-n // 64)
-    padded = np.zeros(groups * 64, dtype=_U64)
-    padded[:n] = v
-    g = padded.reshape(groups, 64)
-    words = np.zeros((groups, bits + 1), dtype=_U64)
-    widx, off = _layout(bits)
-    for k in range(64):
-        w, o = int(widx[k]), int(off[k])
+    groups = -(-n // 8)
+    if n % 8:
+        v = np.concatenate([v, np.zeros(groups * 8 - n, dtype=_U64)])
+    g = v.reshape(groups, 8)
+    nwords = -(-8 * bits // 64) + 1
+    words = np.zeros((groups, nwords), dtype=_U64)
+    for k, (w, o) in enumerate(_layout(bits)):
         words[:, w] |= g[:, k] << _U64(o)
         if o + bits > 64:
             words[:, w + 1] |= g[:, k] >> _U64(64 - o)
-    raw = words[:, :bits].astype("<u8").tobytes()
-    return raw[: (n * bits + 7) // 8]
+    raw = words.astype("<u8").view(np.uint8).reshape(groups, 8 * nwords)[:, :bits]
+    return raw.tobytes()[: (n * bits + 7) // 8]
 
 
 def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
@@ -373,21 +388,21 @@ def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
     need = (count * bits + 7) // 8
     if len(data) != need:
         raise ValueError(f"expected {need} packed bytes, got {len(data)}")
-    groups = -(-count // 64)
-    buf = np.zeros(groups * bits * 8, dtype=np.uint8)
-    buf[:need] = np.frombuffer(data, dtype=np.uint8)
-    words = np.zeros((groups, bits + 1), dtype=_U64)
-    words[:, :bits] = buf.view("<u8").reshape(groups, bits)
-    out = np.empty((groups, 64), dtype=_U64)
+    groups = -(-count // 8)
+    nwords = -(-8 * bits // 64) + 1
+    buf = np.zeros((groups, 8 * nwords), dtype=np.uint8)
+    flat = np.zeros(groups * bits, dtype=np.uint8)
+    flat[:need] = np.frombuffer(data, dtype=np.uint8)
+    buf[:, :bits] = flat.reshape(groups, bits)
+    words = buf.view("<u8").astype(_U64)
+    out = np.empty((groups, 8), dtype=_U64)
     mask = _U64((1 << bits) - 1) if bits < 64 else _U64(0xFFFFFFFFFFFFFFFF)
-    widx, off = _layout(bits)
-    for k in range(64):
-        w, o = int(widx[k]), int(off[k])
+    for k, (w, o) in enumerate(_layout(bits)):
         col = words[:, w] >> _U64(o)
         if o + bits > 64:
             col |= words[:, w + 1] << _U64(64 - o)
         out[:, k] = col & mask
-    flat = out.reshape(-1)
-    if np.any(flat[count:]):  # the tail of the last byte lands in flat[count]
+    vals = out.reshape(-1)
+    if np.any(vals[count:]):  # the tail bits of the last byte land in vals[count]
         raise ValueError("non-zero padding bits after the last value")
-    return flat[:count].copy()
+    return vals[:count].copy()

@@ -236,8 +236,6 @@ def _unframe(
     data = bytes(blob)
     name = _KIND_NAMES[kind]
     fixed = _HEAD.size + header_size + _DIGEST
-    if payload_size is not None and len(data) != fixed + payload_size:
-        raise WireError(f"{name}: {len(data)} bytes, expected exactly {fixed + payload_size}")
     if len(data) < fixed:
         raise WireError(f"{name}: {len(data)} bytes, shorter than its header")
     magic, version, k, fp, kid = _HEAD.unpack_from(data)
@@ -251,6 +249,8 @@ def _unframe(
         raise WireError(f"{name}: parameter fingerprint mismatch (made for other parameters)")
     if key_id is not None and not hmac.compare_digest(kid, key_id):
         raise WireError(f"{name}: made for another key (key id mismatch)")
+    if payload_size is not None and len(data) != fixed + payload_size:
+        raise WireError(f"{name}: {len(data)} bytes, expected exactly {fixed + payload_size}")
     end = len(data) - _DIGEST
     if not hmac.compare_digest(sha256(data[:end]).digest(), data[end:]):
         raise WireError(f"{name}: digest mismatch (corrupted in transit)")
@@ -613,6 +613,7 @@ class KeyShare:
         aggregate: bytes,
         participants: Sequence[int],
         mask: np.ndarray | None = None,
+        min_count: int = 1,
     ) -> bytes:
         """This party's partial decryption of ``aggregate`` for the participant set P.
 
@@ -628,6 +629,8 @@ class KeyShare:
         mask : ndarray, optional
             uint64 (ciphertexts, N) below 2^compress_bits added to the partial (see
             :func:`derive_mask`); the finishing party removes it.
+        min_count : int
+            Refuse aggregates that declare fewer summands (pass k_min).
 
         The caller (protocol layer) must first check that the aggregate sums at least k_min
         distinct signed updates of the current round: this function cannot tell an aggregate
@@ -638,6 +641,11 @@ class KeyShare:
         if self._index not in ps:
             raise CryptoError(f"party {self._index} is not among the participants {list(ps)}")
         _, c1, count = _load_aggregate(p, aggregate, self._key_id)
+        if count < min_count:
+            raise CryptoError(
+                f"refusing to decrypt an aggregate of {count} update(s): at least {min_count} "
+                "are required"
+            )
         rns = _rns(p)
         lam = lagrange_at_zero(p, self._index, ps)
         s_lam = rns.mul_scalars(self._ntt(), lam)
@@ -956,6 +964,21 @@ def _load_aggregate(
     return c0c, c1, count
 
 
+def _load_aggregate_c0(
+    params: ThresholdParams, blob: bytes, key_id: bytes
+) -> tuple[np.ndarray, int]:
+    """The compressed c0 and count of an aggregate: all a combiner needs (c1 is not parsed)."""
+    _, header, payload = _unframe(
+        blob, params, KIND_AGGREGATE, key_id, 4, params.ciphertext_payload_bytes
+    )
+    (count,) = _U32.unpack(header)
+    if not 1 <= count <= params.max_clients:
+        raise WireError(f"aggregate: count {count} outside 1..{params.max_clients}")
+    m, b = params.num_coefficients, params.compress_bits
+    c0c = _unpack(payload[: (m * b + 7) // 8], b, m, "aggregate")
+    return c0c.reshape(params.num_ciphertexts, params.poly_modulus_degree), count
+
+
 class ThresholdAggregator:
     """The server: validates update blobs and sums them, one at a time. Holds no key.
 
@@ -1033,7 +1056,7 @@ def combine_partials(
     Unmasked, the result reveals the aggregate to whoever holds it; masked, it is uniformly
     random to anyone without the mask key.
     """
-    c0c, _, count = _load_aggregate(params, aggregate, key_id)
+    c0c, count = _load_aggregate_c0(params, aggregate, key_id)
     digest = aggregate_digest(aggregate)
     if len(partials) != params.threshold:
         raise CryptoError(

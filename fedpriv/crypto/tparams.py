@@ -489,10 +489,18 @@ def choose_threshold_params(
     for n in degrees:
         if n not in HE_STANDARD_MAX_BITS:
             raise ConfigError(f"poly_modulus_degree: must be one of {sorted(HE_STANDARD_MAX_BITS)}")
-        try:
-            t = find_ntt_primes(n, t_bits, 1)[0]
-        except ValueError:
-            tried.append(f"N={n}: no {t_bits}-bit batching prime")
+        # The smallest batching prime giving the scale (a larger t only adds precision).
+        t = 0
+        for bits in range(max(t_bits, (2 * n).bit_length()), MAX_PLAIN_BITS_THRESHOLD + 1):
+            try:
+                t = find_ntt_primes(n, bits, 1)[0]
+            except ValueError:
+                continue
+            if quant_scale_for(t, max_clients, max_weight, r) >= min_quant_scale:
+                break
+            t = 0
+        if not t:
+            tried.append(f"N={n}: no batching prime of {t_bits} to {MAX_PLAIN_BITS_THRESHOLD} bits")
             continue
         s = quant_scale_for(t, max_clients, max_weight, r)
         cts = -(-(num_values + 2) // n)
