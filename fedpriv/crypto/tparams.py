@@ -14,7 +14,7 @@ W = 2^flood_bits the flooding width.
   encryptions; SEAL encrypts at modulus q*p and divides by p, leaving r0 + r1*s plus terms
   below 21(2N+1)/p, where r0, r1 are rounding errors in [-1/2, 1/2] independent of s)::
 
-      B_v = K (3/2 + 21 (2N+1) / p) + z_v K sqrt(N) / 2,   z_v = sqrt(2 ln(2 C 2^(lambda+1)))
+      B_v = K (3/2 + 21 (2N+1) / p) + z_v K sqrt(N) / 2,   z_v = sqrt(2 ln(2 C 2^(lambda+8)))
 
   with C = D * (ciphertexts per decryption) * N the coefficients a key ever decrypts.
 * Flooding: each party adds floor(U_1 + U_2 + U_3) (U_i uniform on [0, W), i.e. three uniform
@@ -22,7 +22,9 @@ W = 2^flood_bits the flooding width.
   shift by |x| <= B_v changes the Hellinger distance by at most x^2 I / 8 per coefficient and the
   whole lifetime view moves by at most B_v sqrt(4.562 C) / (2W) in statistical distance::
 
-      W >= 2^lambda B_v sqrt(4.562 C)                   (distance <= 2^-(lambda+1))
+      W >= 2^lambda B_v sqrt(4.562 C) / (2 (1 - 2^-8))
+
+  so that, with the 2^-(lambda+8) chance that the noise exceeds B_v, the distance is <= 2^-lambda.
 
 * Correctness: with E the sum of T flooding terms (bounded deterministically by T(3W/2 + 2) or,
   sub-Gaussian, by z_e sqrt(T (3W^2/4 + 1)) with z_e = sqrt(2 ln(2 C 2^failure_bits))),
@@ -62,6 +64,7 @@ DEGREES = (2048, 4096, 8192, 16384, 32768)
 # SEAL's error distribution (centred binomial, sigma 3.2; clipped normal when built so) never
 # exceeds 21 in absolute value: bounds the key-level noise 21 (2N + 1).
 SEAL_NOISE_MAX = 21
+BOUND_SLACK_BITS = 8
 IH3_FISHER = 4.562  # W^2 times the Fisher information of the sum of three uniforms on [0, W)
 COMPRESS_SLACK = 2.0**-10  # float64 error of rq.RnsContext.scale_round_pow2, in units
 DEFAULT_LAMBDA = 40
@@ -112,17 +115,21 @@ def _noise_and_flooding(
     """(C, B_v, flood bits needed, log2 SD at the given width, E bound, failure log2)."""
     c = float(max_decryptions) * ciphertexts * n
     k = max_clients
-    z_v = math.sqrt(2 * (math.log(2 * c) + (lam + 1) * math.log(2)))
+    # The distance budget 2^-lambda: 2^-(lambda + BOUND_SLACK_BITS) for the chance that the
+    # noise exceeds B_v, the rest for the flooding.
+    miss = lam + BOUND_SLACK_BITS
+    z_v = math.sqrt(2 * (math.log(2 * c) + miss * math.log(2)))
     b_v = k * (1.5 + SEAL_NOISE_MAX * (2 * n + 1) / special_prime) + z_v * k * math.sqrt(n) / 2
-    need_w = lam + math.log2(b_v * math.sqrt(IH3_FISHER * c))
+    flood_share = 1 - 2.0**-BOUND_SLACK_BITS
+    need_w = lam + math.log2(b_v * math.sqrt(IH3_FISHER * c) / (2 * flood_share))
     need = math.ceil(need_w)
     fb = need if flood_bits is None else flood_bits
     w = 2.0**fb
-    sd_log2 = math.log2(b_v * math.sqrt(IH3_FISHER * c) / (2 * w))
+    sd_log2 = math.log2(b_v * math.sqrt(IH3_FISHER * c) / (2 * w) + 2.0**-miss)
     z_e = math.sqrt(2 * (math.log(2 * c) + failure_bits * math.log(2)))
     tt = threshold
     e = min(tt * (1.5 * w + 2), z_e * math.sqrt(tt * (0.75 * w * w + 1))) + tt
-    fail = math.log2(2.0**-failure_bits + 2.0 ** -(lam + 1))
+    fail = math.log2(2.0**-failure_bits + 2.0**-miss)
     return c, b_v, need, sd_log2, e, fail
 
 
@@ -165,7 +172,7 @@ class ThresholdParams:
         D: decryptions a dealt key may serve before it must be re-dealt.
     failure_bits : int
         Any decryption over the key's lifetime fails with probability below 2^-failure_bits
-        (plus 2^-(lambda+1)); a failure is detected, never silent (sanity slots).
+        (plus 2^-(lambda+8)); a failure is detected, never silent (sanity slots).
     """
 
     poly_modulus_degree: int
