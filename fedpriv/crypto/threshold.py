@@ -122,6 +122,7 @@ _U64 = np.uint64
 _KEY_DOMAIN = b"fedpriv threshold BFV public key v1\x00"
 _MASK_DOMAIN = b"fedpriv threshold mask v1\x00"
 _RESHARE_DOMAIN = b"fedpriv threshold reshare v1\x00"
+_CHUNK_CIPHERTEXTS = 8
 
 
 def _no_pickle(obj: object) -> NoReturn:
@@ -640,6 +641,7 @@ class KeyShare:
         ps = _check_participants(p, participants)
         if self._index not in ps:
             raise CryptoError(f"party {self._index} is not among the participants {list(ps)}")
+        msk = None if mask is None else _check_mask(p, mask)
         _, c1, count = _load_aggregate(p, aggregate, self._key_id)
         if count < min_count:
             raise CryptoError(
@@ -649,16 +651,20 @@ class KeyShare:
         rns = _rns(p)
         lam = lagrange_at_zero(p, self._index, ps)
         s_lam = rns.mul_scalars(self._ntt(), lam)
-        d = rns.intt(rns.mul_pointwise(rns.ntt(c1), s_lam[None]))
+        n, nq, cts = p.poly_modulus_degree, len(p.primes), p.num_ciphertexts
+        dc = np.empty((cts, n), dtype=_U64)
+        # A few ciphertexts at a time: memory stays flat whatever the model size.
+        for lo in range(0, cts, _CHUNK_CIPHERTEXTS):
+            hi = min(cts, lo + _CHUNK_CIPHERTEXTS)
+            d = rns.intt(rns.mul_pointwise(rns.ntt(c1[lo:hi]), s_lam[None]))
+            e = flooding_noise((hi - lo) * n, p.flood_bits, p.primes).reshape(nq, hi - lo, n)
+            d = rns.add(d, np.ascontiguousarray(e.transpose(1, 0, 2)))
+            dc[lo:hi] = rns.scale_round_pow2(d, p.compress_bits)
+            d.fill(0)
         s_lam.fill(0)
-        m = p.num_coefficients
-        e = flooding_noise(m, p.flood_bits, p.primes).reshape(len(p.primes), p.num_ciphertexts, -1)
-        d = rns.add(d, np.ascontiguousarray(e.transpose(1, 0, 2)))
-        dc = rns.scale_round_pow2(d, p.compress_bits)
-        d.fill(0)
-        masked = mask is not None
-        if mask is not None:
-            dc = (dc + _check_mask(p, mask)) & _U64((1 << p.compress_bits) - 1)
+        masked = msk is not None
+        if msk is not None:
+            dc = (dc + msk) & _U64((1 << p.compress_bits) - 1)
         header = b"".join(
             [
                 _U16.pack(self._index),

@@ -378,3 +378,19 @@ def test_chooser_meets_its_bounds_and_reports_sizes() -> None:
     assert p60.flood_bits >= p.flood_bits + 20 and p60.modulus > p.modulus
     with pytest.raises(ConfigError, match="threshold"):
         choose_threshold_params(100, 10, 256, 4.0, 3, 4)
+
+
+def test_aggregate_is_order_independent_and_recomputable(params, dealt, encryptor) -> None:
+    """Decrypting clients can rebuild the aggregate from the signed updates and compare bytes."""
+    blobs, _ = _updates(params, encryptor, 3, seed=10)
+    forward = _aggregate(params, dealt, blobs)
+    backward = _aggregate(params, dealt, blobs[::-1])
+    assert forward == backward
+    assert th.aggregate_digest(forward) != th.aggregate_digest(_aggregate(params, dealt, blobs[:2]))
+
+
+def test_public_params_dispatch(params) -> None:
+    from fedpriv.crypto.codec import params_from_dict
+
+    back = params_from_dict(params.to_dict())
+    assert back == params and back.max_blob_bytes == th.update_blob_bytes(params)
