@@ -111,8 +111,8 @@ def test_server_and_t_minus_1_shares_cannot_read_one_update(world) -> None:
     # The real decryption is far from uniform (small quantized values): the statistic sees it.
     assert _uniformity_pvalue(truth, t) < 1e-12
     for guess in (guess1, guess2, guess3):
-        assert _uniformity_pvalue(guess, t) > 1e-4
-        assert stats.kstest(guess / t, "uniform").pvalue > 1e-4
+        assert _uniformity_pvalue(guess, t) > 1e-6  # false alarm 1e-6 per check
+        assert stats.kstest(guess / t, "uniform").pvalue > 1e-6
         assert np.count_nonzero(guess == truth) <= max(5, 10 * slots // t)
         centred = np.where(guess > t // 2, guess.astype(np.int64) - t, guess.astype(np.int64))
         true_c = np.where(truth > t // 2, truth.astype(np.int64) - t, truth.astype(np.int64))
