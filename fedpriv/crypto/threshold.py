@@ -1111,8 +1111,13 @@ def finish_decryption(
     combined: bytes,
     key_id: bytes,
     masks: Mapping[int, np.ndarray] | None = None,
+    expected_aggregate: bytes | None = None,
 ) -> DecryptedAggregate:
     """Remove the masks (if any), scale by t/2^b, round, decode: the exact integer sum.
+
+    ``expected_aggregate`` (the :func:`aggregate_digest` of the aggregate this party expects,
+    e.g. one it recomputed from the round's signed updates) is checked against the digest the
+    combined blob is bound to, so a relay cannot substitute another round's aggregate.
 
     Raises
     ------
@@ -1133,7 +1138,10 @@ def finish_decryption(
     )
     ps = tuple(_U16.unpack_from(header, 2 * i)[0] for i in range(t))
     masked = header[2 * t]
+    digest = header[2 * t + 1 : 2 * t + 33]
     (count,) = _U32.unpack_from(header, 33 + 2 * t)
+    if expected_aggregate is not None and not hmac.compare_digest(digest, expected_aggregate):
+        raise WireError("combined decryption is for another aggregate than the one expected")
     b = params.compress_bits
     shape = (params.num_ciphertexts, params.poly_modulus_degree)
     acc = _unpack(payload, b, params.num_coefficients, "combined decryption").reshape(shape)

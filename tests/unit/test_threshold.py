@@ -123,6 +123,12 @@ def test_partials_are_bound_to_their_aggregate(params, dealt, encryptor) -> None
     partials = [_share(dealt, i).partial_decrypt(a1, [1, 2, 3]) for i in (1, 2, 3)]
     with pytest.raises(WireError, match="another aggregate"):
         th.combine_partials(params, a2, partials, dealt.key_id)
+    combined = th.combine_partials(params, a1, partials, dealt.key_id)
+    th.finish_decryption(params, combined, dealt.key_id, expected_aggregate=th.aggregate_digest(a1))
+    with pytest.raises(WireError, match="another aggregate"):
+        th.finish_decryption(
+            params, combined, dealt.key_id, expected_aggregate=th.aggregate_digest(a2)
+        )
 
 
 def test_dealer_output_holds_no_full_key(params, dealt, monkeypatch) -> None:
