@@ -707,6 +707,8 @@ class KeyShare:
             raise CryptoError("key share is corrupted (digest mismatch)")
         (mlen,) = _U32.unpack_from(body, len(_SHARE_MAGIC) + 1)
         off = head
+        if len(body) < off + mlen + 34:
+            raise CryptoError("key share is truncated")
         try:
             file_params = ThresholdParams.from_json(body[off : off + mlen])
         except WireError as e:

@@ -193,6 +193,12 @@ def test_share_files_round_trip_and_refuse_tampering(params, dealt, tmp_path: Pa
         th.KeyShare.from_bytes(data[:-1], params)
     with pytest.raises(CryptoError):
         th.KeyShare.from_bytes(data + b"\x00", params)
+    # Re-sealed (valid digest) but cut short or padded: still a clean CryptoError.
+    from hashlib import sha256
+
+    for body in (data[:60], data[:-100], data[:-32] + b"\x00" * 5):
+        with pytest.raises(CryptoError):
+            th.KeyShare.from_bytes(body + sha256(body).digest(), params)
     other = choose_threshold_params(NV, K, M, R, N_PARTIES, T, max_decryptions=2**10)
     with pytest.raises(CryptoError, match="other threshold parameters"):
         th.KeyShare.from_bytes(data, other)
