@@ -25,7 +25,16 @@ few distinct client updates are encrypted (10 for 100k values, 4 for 1M) and the
 them in turn, each blob reused K/distinct times: the server's work is the same as with K
 distinct updates, and the plaintext reference counts each reuse.
 
-Run: ``python -m benchmarks.he`` (``--quick``: 100k values only).
+Threshold custody (``fedpriv.crypto.threshold``) is compared with shared custody (the default
+BFV above) side by side in one process, on the default model (6,090 values) and 100k values, at
+10 clients (10 parties, threshold 6) and 100 clients (100 parties, threshold 51): upload and
+partial-decryption bytes as multiples of the float32 bytes, client CPU per round (encrypt +
+partial decrypt + combine and decode) against shared custody's encrypt + decrypt, and server CPU
+per update. CPU is ``time.process_time`` medians over interleaved repetitions.
+
+Run: ``python -m benchmarks.he`` (``--quick``: 100k values only; ``--threshold``: only the
+threshold comparison, updating the ``threshold`` section of the result file; with ``--quick``,
+the default model only, a few seconds).
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from benchmarks._common import (
     read_json,
     rss_bytes,
     run_worker,
+    timed,
     write_json,
 )
 
@@ -265,15 +275,186 @@ def default_model_sizes(max_weight: int) -> list[dict[str, Any]]:
     return out
 
 
+# --------------------------------------------------------------------------- threshold custody
+THRESHOLD_SETUPS = ((10, 10, 6), (100, 100, 51))  # (clients per round, parties, threshold)
+
+
+def threshold_case(
+    n: int, k: int, parties: int, threshold: int, reps: int, max_weight: int
+) -> dict[str, Any]:
+    """Threshold vs shared custody for one model size and round size, in this process."""
+    from fedpriv.crypto import Aggregator, KeyHolder, choose_params
+    from fedpriv.crypto import threshold as th
+    from fedpriv.crypto.tparams import choose_threshold_params
+
+    tp = choose_threshold_params(n, k, max_weight, VALUE_RANGE, parties, threshold)
+    sp = choose_params("bfv", n, k, max_weight, VALUE_RANGE)
+    deal_s, deal_cpu, dealt = timed(lambda: th.deal(tp, list(range(1, threshold + 1))))
+    kid = dealt.key_id
+    enc = th.ThresholdEncryptor(tp, dealt.public_key)
+    kh = KeyHolder.generate(sp)
+    rng = np.random.default_rng(n + k)
+    d = min(k, 4)
+    xs = [
+        np.clip(rng.normal(0.0, 0.3, n), -VALUE_RANGE, VALUE_RANGE).astype(np.float32)
+        for _ in range(d)
+    ]
+    ws = [int(w) for w in rng.integers(max_weight // 2, max_weight + 1, d)]
+    t_blobs, s_blobs = [], []
+    t_enc, s_enc = [], []
+    for j in range(d):
+        for _ in range(max(1, reps // d)):
+            _, c, tb = timed(lambda j=j: enc.encrypt(xs[j], ws[j]).blob)
+            t_enc.append(c)
+            _, c, sb = timed(lambda j=j: kh.encrypt(xs[j], ws[j]).blob)
+            s_enc.append(c)
+        t_blobs.append(tb)
+        s_blobs.append(sb)
+    t_agg, s_agg = th.ThresholdAggregator(tp, kid), Aggregator(sp)
+    t_add, s_add = [], []
+    expected = np.zeros(n)
+    for i in range(k):
+        t_add.append(timed(lambda i=i: t_agg.add(t_blobs[i % d]))[1])
+        s_add.append(timed(lambda i=i: s_agg.add(s_blobs[i % d]))[1])
+        expected += ws[i % d] * xs[i % d].astype(np.float64)
+    total_w = sum(ws[i % d] for i in range(k))
+    aggregate, s_aggregate = t_agg.result(), s_agg.result()
+    ps = list(range(1, threshold + 1))
+    shares = {s.index: s for s in dealt.shares}
+    partials = [shares[i].partial_decrypt(aggregate, ps) for i in ps]
+    t_part, t_comb, t_fin, s_dec = [], [], [], []
+    out = None
+    for r in range(reps):
+        t_part.append(
+            timed(lambda r=r: shares[ps[r % threshold]].partial_decrypt(aggregate, ps))[1]
+        )
+        _, c, combined = timed(lambda: th.combine_partials(tp, aggregate, partials, kid))
+        t_comb.append(c)
+        _, c, out = timed(lambda combined=combined: th.finish_decryption(tp, combined, kid))
+        t_fin.append(c)
+        s_dec.append(timed(lambda: kh.decrypt(s_aggregate))[1])
+    assert out is not None
+    err = float(np.abs(out.mean() - expected / total_w).max())
+    if out.count != k or out.total_weight != total_w or err > tp.error_bound(total_w, k):
+        raise RuntimeError(f"threshold decryption wrong: count {out.count}, error {err:.3g}")
+    f32 = 4 * n
+    enc_ms, part_ms = median(t_enc) * 1e3, median(t_part) * 1e3
+    comb_ms, fin_ms = median(t_comb) * 1e3, median(t_fin) * 1e3
+    shared_ms = (median(s_enc) + median(s_dec)) * 1e3
+    b = tp.noise_budget()
+    return {
+        "num_values": n,
+        "clients": k,
+        "parties": parties,
+        "threshold": threshold,
+        "params": (
+            f"N={tp.poly_modulus_degree} q={sum(tp.prime_bits)}b {list(tp.prime_bits)} "
+            f"t={tp.plain_modulus.bit_length()}b b={tp.compress_bits} W=2^{tp.flood_bits}"
+        ),
+        "threshold_params": tp.to_dict(),
+        "statistical_distance_log2": b.statistical_distance_log2,
+        "failure_log2": b.failure_log2,
+        "upload_x_float32": len(t_blobs[0]) / f32,
+        "shared_upload_x_float32": len(s_blobs[0]) / f32,
+        "partial_x_float32": len(partials[0]) / f32,
+        "aggregate_x_float32": len(aggregate) / f32,
+        "combined_x_float32": th.partial_blob_bytes(tp) / f32,
+        "shared_download_x_float32": len(s_aggregate) / f32,
+        "deal_cpu_s": deal_cpu,
+        "deal_wall_s": deal_s,
+        "encrypt_cpu_ms": enc_ms,
+        "partial_cpu_ms": part_ms,
+        "combine_cpu_ms": comb_ms,
+        "finish_cpu_ms": fin_ms,
+        "shared_encrypt_cpu_ms": median(s_enc) * 1e3,
+        "shared_decrypt_cpu_ms": median(s_dec) * 1e3,
+        # A decrypting client that combines itself vs shared custody's encrypt + decrypt.
+        "client_cpu_ms": enc_ms + part_ms + comb_ms + fin_ms,
+        "client_cpu_x_shared": (enc_ms + part_ms + comb_ms + fin_ms) / shared_ms,
+        # Average over the round's clients when the server combines: T/K of them decrypt.
+        "client_cpu_avg_x_shared": (enc_ms + threshold / k * part_ms + fin_ms) / shared_ms,
+        "server_cpu_ms_per_update": median(t_add) * 1e3,
+        "shared_server_cpu_ms_per_update": median(s_add) * 1e3,
+        "max_abs_error": err,
+    }
+
+
+def threshold_rows(quick: bool, max_weight: int) -> list[dict[str, Any]]:
+    sizes = (6090,) if quick else (6090, 100_000)
+    reps = 3 if quick else 9
+    out = []
+    for n in sizes:
+        for k, parties, thr in THRESHOLD_SETUPS:
+            print(f"threshold custody: {n:,} values, {k} clients ...", file=sys.stderr, flush=True)
+            out.append(threshold_case(n, k, parties, thr, reps if n < 50_000 else 3, max_weight))
+    print_table(
+        "Threshold vs shared custody (BFV; CPU medians in one process, ratios side by side)",
+        [
+            "values",
+            "clients",
+            "T of n",
+            "threshold parameters",
+            "upload x f32 (shared)",
+            "partial x f32",
+            "combined x f32",
+            "encrypt ms",
+            "partial ms",
+            "combine + decode ms",
+            "shared enc + dec ms",
+            "client CPU x shared",
+            "avg client x shared",
+            "server ms/update (shared)",
+        ],
+        [
+            [
+                c["num_values"],
+                c["clients"],
+                f"{c['threshold']} of {c['parties']}",
+                c["params"],
+                f"{c['upload_x_float32']:.3f} ({c['shared_upload_x_float32']:.3f})",
+                c["partial_x_float32"],
+                c["combined_x_float32"],
+                c["encrypt_cpu_ms"],
+                c["partial_cpu_ms"],
+                c["combine_cpu_ms"] + c["finish_cpu_ms"],
+                c["shared_encrypt_cpu_ms"] + c["shared_decrypt_cpu_ms"],
+                c["client_cpu_x_shared"],
+                c["client_cpu_avg_x_shared"],
+                f"{c['server_cpu_ms_per_update']:.2f} ({c['shared_server_cpu_ms_per_update']:.2f})",
+            ]
+            for c in out
+        ],
+    )
+    small = [c for c in out if c["num_values"] == 6090]
+    for c in small:
+        print(
+            f"target (threshold, default model, {c['clients']} clients): upload "
+            f"{c['upload_x_float32']:.3f}x (<= 5x), partial decryption {c['partial_x_float32']:.3f}x "
+            f"(<= 3x), client CPU {c['client_cpu_x_shared']:.2f}x shared (<= 2x)",
+            flush=True,
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="100k values only")
     ap.add_argument("--default-model-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--max-weight", type=int, default=256)
+    ap.add_argument("--threshold", action="store_true", help="threshold custody rows only")
     ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         server_worker(a.worker[0], a.worker[1], int(a.worker[2]), a.worker[3])
+        return
+    if a.threshold:
+        rows = threshold_rows(a.quick, a.max_weight)
+        doc = read_json("he")
+        if doc and not a.quick:
+            doc["main_run"] = doc.get("main_run") or {k: doc.get(k) for k in ("when", "machine")}
+            doc.pop("benchmark", None)
+            doc["threshold"] = rows
+            write_json("he", doc)
         return
     small = default_model_sizes(a.max_weight)
     print_table(
@@ -380,6 +561,7 @@ def main() -> None:
         ["setup", "values", "process before MiB", "10 clients MiB", "100 clients MiB", "ratio"],
         mem_rows,
     )
+    threshold = threshold_rows(a.quick, a.max_weight)
     bfv10 = [c for c in cases if c["scheme"] == "bfv" and c["clients"] == 10]
     targets = {
         "upload_default_model": small[0]["upload_x_float32"],
@@ -404,6 +586,7 @@ def main() -> None:
             "default_model": small,
             "cases": cases,
             "streaming": stream,
+            "threshold": threshold,
             "targets": targets,
         },
     )

@@ -8,6 +8,11 @@ any key; a client decrypts ``(sum w_k x_k, sum w_k, K)`` and divides for the wei
   public scale chosen so the sum of ``max_clients`` updates cannot wrap.
 * ``ckks``: approximate float sums through TenSEAL (about 20x the float32 bytes by default).
 
+Threshold custody (:mod:`fedpriv.crypto.threshold`, parameters in :mod:`fedpriv.crypto.tparams`,
+derivation in docs/crypto.md): the BFV secret is Shamir-shared, clients encrypt under a
+collective public key, and any T of n parties decrypt an aggregate with flooded partial
+decryptions; fewer than T, even with the server, learn nothing about an individual update.
+
 Threat model: all clients share one secret key and the server holds none, so the server alone
 learns only sizes and counts. A server colluding with any client can decrypt every update, a
 client holding the key can submit any well-formed ciphertext (no range proofs), and the blobs
@@ -39,6 +44,15 @@ if TYPE_CHECKING:
     )
     from fedpriv.crypto.params import KIND_AGGREGATE, KIND_UPDATE, HEParams
     from fedpriv.crypto.plain import PlainParams
+    from fedpriv.crypto.threshold import (
+        KeyShare,
+        ThresholdAggregator,
+        ThresholdEncryptor,
+        combine_partials,
+        deal,
+        finish_decryption,
+    )
+    from fedpriv.crypto.tparams import ThresholdParams, choose_threshold_params
 
 __all__ = [
     "KEY_FILE_NAME",
@@ -51,9 +65,17 @@ __all__ = [
     "EncryptedUpdate",
     "HEParams",
     "KeyHolder",
+    "KeyShare",
     "PlainParams",
     "PublicParams",
+    "ThresholdAggregator",
+    "ThresholdEncryptor",
+    "ThresholdParams",
     "choose_params",
+    "choose_threshold_params",
+    "combine_partials",
+    "deal",
+    "finish_decryption",
     "load_params_file",
     "open_aggregator",
     "params_from_dict",
@@ -79,6 +101,14 @@ _LAZY = {
     "open_aggregator": "fedpriv.crypto.codec",
     "params_from_dict": "fedpriv.crypto.codec",
     "PlainParams": "fedpriv.crypto.plain",
+    "KeyShare": "fedpriv.crypto.threshold",
+    "ThresholdAggregator": "fedpriv.crypto.threshold",
+    "ThresholdEncryptor": "fedpriv.crypto.threshold",
+    "combine_partials": "fedpriv.crypto.threshold",
+    "deal": "fedpriv.crypto.threshold",
+    "finish_decryption": "fedpriv.crypto.threshold",
+    "ThresholdParams": "fedpriv.crypto.tparams",
+    "choose_threshold_params": "fedpriv.crypto.tparams",
 }
 
 

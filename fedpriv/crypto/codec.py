@@ -65,6 +65,10 @@ def params_from_dict(d: Any) -> PublicParams:
     """Parse public parameters (validated) from their JSON form."""
     if isinstance(d, dict) and d.get("scheme") == "off":
         return PlainParams.from_dict(d)
+    if isinstance(d, dict) and "primes" in d:  # threshold custody (fedpriv.crypto.tparams)
+        from fedpriv.crypto.tparams import ThresholdParams
+
+        return ThresholdParams.from_dict(d)
     from fedpriv.crypto import HEParams
 
     return HEParams.from_dict(d)

@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 
@@ -26,6 +26,7 @@ __all__ = [
     "DecryptedAggregate",
     "EncryptedUpdate",
     "KeyHolder",
+    "bfv_update_slots",
     "server_context_bytes",
     "stochastic_round",
 ]
@@ -73,6 +74,66 @@ def stochastic_round(v: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     """
     floor = np.floor(v)
     return (floor + (uniforms < (v - floor))).astype(np.int64)
+
+
+class _SlotParams(Protocol):
+    @property
+    def num_values(self) -> int: ...
+    @property
+    def max_weight(self) -> int: ...
+    @property
+    def value_range(self) -> float: ...
+    @property
+    def quant_scale(self) -> float: ...
+
+
+def _checked_update(p: _SlotParams, values: np.ndarray, weight: int) -> tuple[np.ndarray, int, int]:
+    """(values clipped to [-R, R] as float64, capped weight, number clipped); raises ValueError."""
+    x = np.asarray(values)
+    if x.dtype.kind not in "fiu":
+        raise ValueError(f"values must be real numbers, got dtype {x.dtype}")
+    x = x.astype(np.float64, copy=False).reshape(-1)
+    if x.size != p.num_values:
+        raise ValueError(f"expected {p.num_values} values, got {x.size}")
+    if np.isnan(x).any():
+        raise ValueError("values contain NaN")
+    if not isinstance(weight, (int, np.integer)) or isinstance(weight, bool):
+        raise ValueError(f"weight must be an integer, got {weight!r}")
+    if weight < 0:
+        raise ValueError(f"weight must be >= 0, got {weight}")
+    w = min(int(weight), p.max_weight)
+    r = p.value_range
+    clipped = int(np.count_nonzero(np.abs(x) > r))
+    return np.clip(x, -r, r), w, clipped
+
+
+def bfv_update_slots(
+    p: _SlotParams,
+    padded: int,
+    values: np.ndarray,
+    weight: int,
+    int_noise: np.ndarray | None = None,
+    rng: DpRandom | None = None,
+) -> tuple[np.ndarray, int, int]:
+    """The BFV slots of an update: ``[round(s*w*clip(x)) (+ noise), w, 1, 0...]``.
+
+    Shared by shared-key and threshold custody, so an encoded slot means the same under both.
+    Returns (int64 slots of length ``padded``, weight used, number of clipped values).
+    """
+    xc, w, clipped = _checked_update(p, values, weight)
+    nv = p.num_values
+    slots = np.zeros(padded, dtype=np.int64)
+    # Quantize the product w*x (not x): the weight multiplies precision, not error. The rounding
+    # is part of the mechanism: its uniforms come from the device's DP randomness.
+    slots[:nv] = stochastic_round(xc * (p.quant_scale * w), (rng or OsRandom()).uniform(nv))
+    if int_noise is not None:
+        noise = np.asarray(int_noise)
+        if noise.shape != (nv,) or noise.dtype.kind != "i":
+            raise ValueError(f"int_noise must be {nv} integers")
+        slots[:nv] += noise.astype(np.int64)
+    slots[nv] = w
+    slots[nv + 1] = 1
+    return slots, w, clipped
 
 
 def _public(params: HEParams) -> BfvPublic | CkksPublic:
@@ -146,39 +207,17 @@ class KeyHolder:
             Wrong number of values, NaN values, or a negative weight.
         """
         p = self._params
-        x = np.asarray(values)
-        if x.dtype.kind not in "fiu":
-            raise ValueError(f"values must be real numbers, got dtype {x.dtype}")
-        x = x.astype(np.float64, copy=False).reshape(-1)
-        if x.size != p.num_values:
-            raise ValueError(f"expected {p.num_values} values, got {x.size}")
-        if np.isnan(x).any():
-            raise ValueError("values contain NaN")
-        if not isinstance(weight, (int, np.integer)) or isinstance(weight, bool):
-            raise ValueError(f"weight must be an integer, got {weight!r}")
-        if weight < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
-        w = min(int(weight), p.max_weight)
-        r = p.value_range
-        clipped = int(np.count_nonzero(np.abs(x) > r))
-        xc = np.clip(x, -r, r)
-        nv = p.num_values
         if p.scheme == "bfv":
-            slots = np.zeros(p.num_ciphertexts * p.slots_per_ciphertext, dtype=np.int64)
-            # Quantize the product w*x (not x): the weight multiplies precision, not error.
-            slots[:nv] = stochastic_round(xc * (p.quant_scale * w), (rng or OsRandom()).uniform(nv))
-            if int_noise is not None:
-                noise = np.asarray(int_noise)
-                if noise.shape != (nv,) or noise.dtype.kind != "i":
-                    raise ValueError(f"int_noise must be {nv} integers")
-                slots[:nv] += noise.astype(np.int64)
+            padded = p.num_ciphertexts * p.slots_per_ciphertext
+            slots, w, clipped = bfv_update_slots(p, padded, values, weight, int_noise, rng)
         else:
+            xc, w, clipped = _checked_update(p, values, weight)
             if int_noise is not None:
                 raise ValueError("int_noise (distributed DP) needs the BFV scheme")
             slots = np.zeros(p.num_slots, dtype=np.float64)
-            slots[:nv] = xc * w
-        slots[nv] = w
-        slots[nv + 1] = 1
+            slots[: p.num_values] = xc * w
+            slots[p.num_values] = w
+            slots[p.num_values + 1] = 1
         blob = wire.pack(p, KIND_UPDATE, self._backend.encrypt(slots))
         return EncryptedUpdate(blob, clipped, w, w != weight)
 
