@@ -154,6 +154,44 @@ def cmd_server_register(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- client
+def _device_policy(args: argparse.Namespace) -> Any:
+    """The device owner's policy: ``--policy FILE`` (or the defaults), tightened by the options."""
+    from fedpriv.privacy.policy import DevicePolicy
+
+    base = DevicePolicy.load(args.policy) if args.policy else DevicePolicy()
+    return base.tighten(
+        max_epsilon=args.max_epsilon,
+        max_lifetime_epsilon=args.max_lifetime_epsilon,
+        max_delta=args.max_delta,
+        min_noise_multiplier=args.min_noise_multiplier,
+        min_clients_per_aggregate=args.min_clients_per_aggregate,
+        allowed_modes=args.allowed_modes.split(",") if args.allowed_modes else None,
+    )
+
+
+def cmd_client_ledger_head(args: argparse.Namespace) -> int:
+    """Export this device's signed ledger head(s), for ``fedpriv report verify --client-head``."""
+    from fedpriv.errors import StateError
+    from fedpriv.report.client_records import head_from_state, write_head
+
+    state = Path(args.state_dir).expanduser() / "privacy_state.json"
+    if not state.exists():
+        raise StateError(f"{state}: no privacy state (has this device taken part in a run?)")
+    heads = head_from_state(state)
+    if args.run_id:
+        heads = [h for h in heads if h.run_id == args.run_id]
+    if not heads:
+        raise StateError(f"{state}: no signed record for run {args.run_id or '(any)'}")
+    head = heads[-1]
+    write_head(head, args.out)
+    _out(
+        f"{head.client_id}: head of run {head.run_id} is record {head.seq}"
+        f" ({head.digest[:16]}...), written to {args.out}; give it to whoever verifies the"
+        " report: fedpriv report verify RUN_DIR --client-head FILE"
+    )
+    return 0
+
+
 def cmd_client_start(args: argparse.Namespace) -> int:
     from fedpriv.deploy.client import prepare_client, start_supernode, state_lock
     from fedpriv.deploy.processes import serve
@@ -169,8 +207,8 @@ def cmd_client_start(args: argparse.Namespace) -> int:
         partition=partition,
         node_key=args.node_key,
         dealer_fingerprint=args.dealer_fingerprint,
-        max_epsilon=args.max_epsilon,
-        max_delta=args.max_delta,
+        policy=_device_policy(args),
+        insecure_test_seed=args.insecure_test_seed,
     )
     if prep.pin == "new-pin":
         _out(
@@ -431,17 +469,51 @@ def add_deploy_commands(sub: Any) -> None:
         help="seconds to wait for the SuperLink to accept the node",
     )
     cst.add_argument(
+        "--policy",
+        type=Path,
+        default=None,
+        help="this device's privacy policy (JSON, see docs/deployment.md); default: at most"
+        " epsilon 10 per run and over all runs, delta 1e-5, DP required, k_min 2",
+    )
+    cst.add_argument(
         "--max-epsilon",
         type=float,
         default=None,
-        help="this device's own privacy budget: lowers any run's privacy.max_epsilon to it and "
-        "refuses runs without record-level DP",
+        help="record-level epsilon any one run may spend here (tightens the policy)",
     )
     cst.add_argument(
-        "--max-delta",
+        "--max-lifetime-epsilon",
         type=float,
-        default=1e-5,
-        help="with --max-epsilon: refuse runs whose privacy.delta is larger (default 1e-5)",
+        default=None,
+        help="record-level epsilon all runs on this data may spend together (tightens the policy)",
+    )
+    cst.add_argument(
+        "--max-delta", type=float, default=None, help="refuse runs asking for a larger delta"
+    )
+    cst.add_argument(
+        "--min-noise-multiplier",
+        type=float,
+        default=None,
+        help="refuse runs whose DP-SGD noise multiplier is smaller",
+    )
+    cst.add_argument(
+        "--min-clients-per-aggregate",
+        type=int,
+        default=None,
+        help="never train from an aggregate of fewer updates (k_min)",
+    )
+    cst.add_argument(
+        "--allowed-modes",
+        default=None,
+        help="comma-separated privacy modes this device takes part in (record,both,client)",
+    )
+    cst.add_argument(
+        "--insecure-test-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tests only: draw this device's DP randomness from a seed instead of the OS CSPRNG;"
+        " every record says so and the run is marked NOT private",
     )
     cst.add_argument(
         "--cold",
@@ -449,6 +521,14 @@ def add_deploy_commands(sub: Any) -> None:
         help="no warm ClientApp server: a fresh process per message (less idle memory, more CPU per round)",
     )
     cst.set_defaults(func=cmd_client_start)
+    lh = cs.add_parser(
+        "ledger-head",
+        help="export this device's signed ledger head, so a report missing its latest records fails",
+    )
+    lh.add_argument("--state-dir", type=Path, required=True, help="the device's state folder")
+    lh.add_argument("--run-id", default=None, help="the run (default: the latest one)")
+    lh.add_argument("--out", type=Path, required=True, help="where to write the head (JSON)")
+    lh.set_defaults(func=cmd_client_ledger_head)
     ce = cs.add_parser(
         "evaluate", help="as a key holder: decrypt a run's global models and evaluate them"
     )

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,11 +21,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 
 from fedpriv.apps.server import ServerSettings
-from fedpriv.errors import ConfigError, WireError
+from fedpriv.errors import ConfigError
 
 __all__ = [
     "AllowListGrid",
-    "apply_device_limits",
     "deploy_server_settings",
     "make_deploy_client_app",
     "make_deploy_server_app",
@@ -173,53 +170,10 @@ def make_deploy_server_app() -> ServerApp:
     return app
 
 
-def apply_device_limits(msg: Message, context: Context) -> None:
-    """Enforce the device's own privacy limits on an incoming train instruction.
-
-    The run's config (and with it ``privacy.max_epsilon``) comes from whoever submitted the
-    run. With node config ``max-epsilon`` (``fedpriv client start --max-epsilon``) the device
-    lowers the run's budget cap to its own, refuses runs without record-level DP, and refuses a
-    ``delta`` above ``max-delta``, so no run can spend more of its budget than it agreed to
-    (the ClientApp's budget check then refuses the round, and says so).
-
-    Raises
-    ------
-    WireError
-        The run asks for weaker privacy than the device accepts.
-    """
-    nc = context.node_config
-    raw_cap = nc.get("max-epsilon", "")
-    if raw_cap in ("", None):
-        return
-    cap = float(raw_cap)
-    max_delta = float(nc.get("max-delta", 1e-5))
-    rec = msg.content.config_records.get("config")
-    if rec is None or not isinstance(rec.get("fedpriv-config"), str):
-        raise WireError("instruction: missing run config")
-    try:
-        doc = json.loads(str(rec["fedpriv-config"]))
-    except ValueError:
-        raise WireError("instruction: run config is not valid JSON") from None
-    p = doc.get("privacy") if isinstance(doc, dict) else None
-    if not isinstance(p, dict):
-        raise WireError("instruction: run config has no privacy section")
-    if p.get("mode") not in ("record", "both"):
-        raise WireError(
-            f"this device trains only with record-level DP (its budget is epsilon {cap:g}); "
-            f"the run asks for privacy.mode={p.get('mode')!r}"
-        )
-    if float(p.get("delta", 1.0)) > max_delta:
-        raise WireError(
-            f"the run's privacy.delta={p.get('delta')} is above this device's limit {max_delta:g}"
-        )
-    if float(p.get("max_epsilon", math.inf)) > cap:
-        p["max_epsilon"] = cap
-        rec["fedpriv-config"] = json.dumps(doc, sort_keys=True)
-
-
 def make_deploy_client_app() -> ClientApp:
-    """The deployment ClientApp: fedpriv's train/evaluate handlers under the device's own
-    privacy limits (:func:`apply_device_limits`), plus the sealed-key relay."""
+    """The deployment ClientApp: fedpriv's train/evaluate handlers (which review every request
+    against the device's own policy, ``policy.json`` in its state folder), plus the sealed-key
+    relay."""
     from fedpriv.apps.client import ClientSettings, handle_evaluate, handle_train
     from fedpriv.deploy.relay import handle_relay_query
 
@@ -227,7 +181,6 @@ def make_deploy_client_app() -> ClientApp:
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
-        apply_device_limits(msg, context)
         return handle_train(msg, context, ClientSettings.from_context(context))
 
     @app.evaluate()
