@@ -179,10 +179,6 @@ class ServerState:
         return {str(k): int(v) for k, v in doc.get("nodes", {}).items()}
 
 
-def _cli_address(host: str, port: int) -> str:
-    return format_hostport("127.0.0.1" if host in _ANY else host, port)
-
-
 def control_connection(state: ServerState, requested: str | None = None) -> tuple[str, str | None]:
     """Where the ``flwr`` CLI reaches the Control API of ``fedpriv server start``, and its token.
 
@@ -387,9 +383,27 @@ def start_server(
         )
     nginx = nginx_exe()
     lock = _lock(state)
-    control = format_hostport(chost, cport)
+    try:
+        return _start(bundle, state, lock, nginx, (host, port), (chost, cport), ready_timeout)
+    except BaseException:
+        lock.close()
+        raise
+
+
+def _start(
+    bundle: VerifiedBundle,
+    state: ServerState,
+    lock: IO[str],
+    nginx: str,
+    public: tuple[str, int],
+    local: tuple[str, int],
+    ready_timeout: float,
+) -> RunningServer:
+    """Start the three processes of :func:`start_server` (arguments already checked)."""
+    (host, port), (chost, cport) = public, local
+    address, control = format_hostport(host, port), format_hostport(chost, cport)
     token = state.control_token(create=True)
-    assert token is not None
+    assert token is not None  # made above when missing
     atomic_write_text(state.superexec_secret, new_token(), mode=0o600)
     proxy_cfg = ProxyConfig(
         prefix=state.proxy_dir,
@@ -442,9 +456,8 @@ def start_server(
         def both() -> bool:
             return superlink.alive() and proxy.alive()
 
-        wait_host = _cli_address(host, port).rpartition(":")[0].strip("[]")
         if not (
-            wait_for_port(wait_host, port, ready_timeout, both)
+            wait_for_port("127.0.0.1" if host in _ANY else host, port, ready_timeout, both)
             and wait_for_port(chost, cport, ready_timeout, both)
         ):
             raise _died(procs, f"the proxy did not listen on {address} and {control}")
@@ -494,6 +507,6 @@ def start_server(
             mode=0o600,
         )
     except BaseException:
-        server.stop()
+        server.stop()  # releases the lock too
         raise
     return server
