@@ -30,6 +30,7 @@ import fcntl
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -297,13 +298,27 @@ class RunningServer:
 def _died(procs: tuple[ManagedProcess, ...], what: str) -> RunFailedError:
     dead = [p for p in procs if not p.alive()]
     if not dead:
-        return RunFailedError(f"{what} (timed out)")
+        return RunFailedError(f"timed out {what}")
     p = dead[0]
-    hint = " Is the port in use?" if p.name == "nginx" else ""
     return RunFailedError(
-        f"{what}: {p.name} exited with status {p.returncode()}.{hint} Log {p.log_path}:\n"
-        f"{p.log_tail(25)}"
+        f"{p.name} exited with status {p.returncode()} {what}. Log {p.log_path}:\n{p.log_tail(25)}"
     )
+
+
+def _check_bindable(host: str, port: int, what: str) -> None:
+    """Fail early and clearly when an address is taken or not on this host (nginx would only
+    say so in its log)."""
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(sockaddr)
+    except OSError as exc:
+        raise ConfigError(
+            f"{what} {format_hostport(host, port)}: cannot listen there ({exc})"
+        ) from None
 
 
 def start_server(
@@ -384,6 +399,12 @@ def start_server(
     nginx = nginx_exe()
     lock = _lock(state)
     try:
+        _check_bindable(host or "0.0.0.0", port, "--address")
+        _check_bindable(chost, cport, "--control-address")
+    except BaseException:
+        lock.close()
+        raise
+    try:
         return _start(bundle, state, lock, nginx, (host, port), (chost, cport), ready_timeout)
     except BaseException:
         lock.close()
@@ -460,9 +481,9 @@ def _start(
             wait_for_port("127.0.0.1" if host in _ANY else host, port, ready_timeout, both)
             and wait_for_port(chost, cport, ready_timeout, both)
         ):
-            raise _died(procs, f"the proxy did not listen on {address} and {control}")
+            raise _died(procs, f"while the proxy started on {address} and {control}")
         if not wait_for_unix_socket(state.socket, ready_timeout, both):
-            raise _died(procs, f"flower-superlink did not start on {state.socket}")
+            raise _died(procs, f"while the SuperLink started on {state.socket}")
         # uvicorn binds the socket once the app has started: registering (through the proxy,
         # with the token) is the first Control API call and checks the whole chain.
         try:
@@ -471,7 +492,7 @@ def _start(
                 cli.nodes()
         except FedprivError:
             if not both():
-                raise _died(procs, "the Control API did not answer") from None
+                raise _died(procs, "while registering the nodes") from None
             raise
         server.superexec = ManagedProcess(
             "flower-superexec",
