@@ -661,7 +661,8 @@ def test_another_local_user_cannot_drive_the_server(plane: Plane) -> None:
 @pytest.mark.usefixtures("no_leftover_processes")
 def test_proxy_death_or_ctrl_c_stops_the_server(plane: Plane, tmp_path: Path) -> None:
     """If nginx dies, `fedpriv server start` stops the SuperLink and SuperExec and exits 8 with
-    the log tail; Ctrl-C stops everything with exit 0; a missing nginx is a clear error."""
+    the log tail; Ctrl-C stops everything with exit 0; a missing nginx or a taken port is a
+    clear error before anything starts."""
     env = {**plane.test_env(), "FEDPRIV_NGINX": str(tmp_path / "no-nginx")}
     r = fedpriv(
         ["server", "start", "--bundle", "fed/server", "--state-dir", str(tmp_path / "st0")],
@@ -670,6 +671,14 @@ def test_proxy_death_or_ctrl_c_stops_the_server(plane: Plane, tmp_path: Path) ->
         timeout=120,
     )
     assert r.returncode == 1 and "apt-get install -y nginx" in r.stderr, r.stderr
+    r = fedpriv(
+        ["server", "start", "--bundle", "fed/server", "--address", plane.public,
+         "--state-dir", str(tmp_path / "st1")],
+        plane.test_env(),
+        plane.root,
+        timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2 and "cannot listen there" in r.stderr, r.stderr
     for sig, victim in ((signal.SIGKILL, "nginx"), (signal.SIGINT, None)):
         state = tmp_path / f"st-{victim}"
         server = _server(plane.root, free_port(), str(state), f"server-{victim}")
