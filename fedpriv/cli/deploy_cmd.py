@@ -10,6 +10,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,29 +106,39 @@ def cmd_keys_verify(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- server
 def cmd_server_start(args: argparse.Namespace) -> int:
-    from fedpriv.deploy.processes import serve
-    from fedpriv.deploy.server import start_superlink
+    from fedpriv.deploy.processes import supervise
+    from fedpriv.deploy.server import start_server
 
-    proc, bundle, state, nodes, _cli = start_superlink(
+    t0 = time.monotonic()
+    server = start_server(
         args.bundle,
         address=args.address,
+        control_address=args.control_address,
         state_dir=args.state_dir,
         dealer_fingerprint=args.dealer_fingerprint,
     )
+    state = server.state
     _out(
-        f"SuperLink ready on {args.address} (TLS, SuperNode authentication on), federation "
-        f"{bundle.federation}, pid {proc.pid}"
+        f"SuperLink ready on {args.address} (TLS, SuperNode authentication on; Fleet API only), "
+        f"federation {server.bundle.federation}, pid {server.superlink.pid}, "
+        f"up in {time.monotonic() - t0:.1f}s"
     )
     _out(
-        f"  registered {len(nodes)} nodes: "
-        + ", ".join(f"{c}={n}" for c, n in sorted(nodes.items()))
+        f"  Control API on {server.control_address} (loopback, operator token in {state.token_file})"
     )
-    _out(f"  state {state.root}, log {state.log}")
+    _out(
+        f"  registered {len(server.nodes)} nodes: "
+        + ", ".join(f"{c}={n}" for c, n in sorted(server.nodes.items()))
+    )
+    _out(f"  state {state.root}, logs {state.log.parent}")
     _out("  stop with Ctrl-C (or SIGTERM)")
-    rc = serve(proc)
-    if rc:
+    _rc, dead = supervise(server.processes)
+    server.release()
+    if dead is not None:
+        others = ", ".join(p.name for p in server.processes if p is not dead)
         print(
-            f"error: flower-superlink exited with status {rc}; log {state.log}:\n{proc.log_tail(20)}",
+            f"error: {dead.name} exited with status {dead.returncode()}; stopped {others}. "
+            f"Log {dead.log_path}:\n{dead.log_tail(20)}",
             file=sys.stderr,
         )
         return 8
@@ -138,11 +149,17 @@ def cmd_server_start(args: argparse.Namespace) -> int:
 def cmd_server_register(args: argparse.Namespace) -> int:
     from fedpriv.deploy.bundle import verify_bundle
     from fedpriv.deploy.processes import FlwrCli
-    from fedpriv.deploy.server import ServerState, default_server_state, register_nodes
+    from fedpriv.deploy.server import (
+        ServerState,
+        control_connection,
+        default_server_state,
+        register_nodes,
+    )
 
     bundle = verify_bundle(args.bundle, kind="server")
     state = ServerState(Path(args.state_dir or default_server_state(bundle)).expanduser().resolve())
-    cli = FlwrCli(state.flwr_home, args.address, bundle.path("ca.crt"))
+    address, token = control_connection(state, args.address)
+    cli = FlwrCli(state.flwr_home, address, bundle.path("ca.crt"), token=token)
     before = state.read_nodes()
     nodes = register_nodes(bundle, cli, state, only_new=True)
     new = sorted(set(nodes) - set(before))
@@ -285,7 +302,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     _out(
         f"fedpriv run '{cfg.name}': {cfg.federation.num_clients} clients, {cfg.rounds} rounds, "
-        f"DP={cfg.privacy.mode}, encryption={cfg.encryption.scheme} -> {args.superlink}"
+        f"DP={cfg.privacy.mode}, encryption={cfg.encryption.scheme}"
+        + (f" -> {args.superlink}" if args.superlink else "")
     )
     outcome = submit_run(
         args.superlink,
@@ -403,13 +421,20 @@ def add_deploy_commands(sub: Any) -> None:
     ss = s.add_subparsers(dest="server_command", required=True)
     st = ss.add_parser(
         "start",
-        help="start flower-superlink with TLS and node authentication; register the bundle's nodes",
+        help="start flower-superlink (TLS, node authentication) behind nginx, which exposes only "
+        "the SuperNode routes; register the bundle's nodes",
     )
     st.add_argument("--bundle", type=Path, required=True, help="the server bundle")
     st.add_argument(
         "--address",
         default="127.0.0.1:9092",
-        help="HOST:PORT to listen on (0.0.0.0:PORT for all interfaces)",
+        help="HOST:PORT for SuperNodes (0.0.0.0:PORT for all interfaces); Fleet API only",
+    )
+    st.add_argument(
+        "--control-address",
+        default=None,
+        help="loopback HOST:PORT of the Control API for the operator (default: a free port on "
+        "127.0.0.1; fix it, e.g. 127.0.0.1:9093, to reach it through an SSH tunnel)",
     )
     st.add_argument(
         "--state-dir", type=Path, default=None, help="default $FEDPRIV_HOME/server-<federation>"
@@ -420,7 +445,11 @@ def add_deploy_commands(sub: Any) -> None:
         "register", help="register nodes added to the bundle since the server started"
     )
     sr.add_argument("--bundle", type=Path, required=True)
-    sr.add_argument("--address", default="127.0.0.1:9092", help="the running SuperLink")
+    sr.add_argument(
+        "--address",
+        default=None,
+        help="the Control API (default: the one `fedpriv server start` recorded in --state-dir)",
+    )
     sr.add_argument("--state-dir", type=Path, default=None)
     sr.set_defaults(func=cmd_server_register)
 
@@ -554,7 +583,12 @@ def add_deploy_commands(sub: Any) -> None:
     r = sub.add_parser(
         "run", help="submit a training run to the SuperLink and wait for its real final status"
     )
-    r.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    r.add_argument(
+        "--superlink",
+        default=None,
+        help="the SuperLink's Control API (default: the one `fedpriv server start` recorded in "
+        "its state folder; its public address means the same)",
+    )
     r.add_argument("--bundle", type=Path, required=True, help="the server bundle")
     add_config_args(r)
     r.add_argument(

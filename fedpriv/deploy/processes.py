@@ -8,8 +8,9 @@ every process left in the same session that descends from it (Flower's ``flower-
 ``flwr-serverapp`` and ``flwr-clientapp`` children).
 
 The ``flwr`` CLI keeps its connections in ``$FLWR_HOME/config.toml``; :class:`FlwrCli` writes a
-private ``FLWR_HOME`` with one TLS connection, so fedpriv never touches the user's own
-``~/.flwr`` and never uses the ``:local:`` connection (which starts a detached SuperLink).
+private ``FLWR_HOME`` with one TLS connection (and the operator's Control API token, see
+:mod:`fedpriv.deploy.proxy`), so fedpriv never touches the user's own ``~/.flwr`` and never uses
+the ``:local:`` connection (which starts a detached SuperLink).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -39,7 +41,9 @@ __all__ = [
     "free_port",
     "parse_address",
     "serve",
+    "supervise",
     "wait_for_port",
+    "wait_for_unix_socket",
 ]
 
 _PR_SET_PDEATHSIG = 1
@@ -96,6 +100,26 @@ def wait_for_port(
                 return True
         except OSError:
             time.sleep(0.2)
+    return False
+
+
+def wait_for_unix_socket(
+    path: Path, timeout: float, alive: Callable[[], bool] | None = None
+) -> bool:
+    """Poll until a connection to the unix socket ``path`` succeeds; False on timeout or if not
+    ``alive``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.settimeout(1.0)
+                s.connect(str(path))
+                return True
+            except OSError:
+                pass
+        time.sleep(0.2)
     return False
 
 
@@ -282,14 +306,22 @@ class FlwrCli:
     home : Path
         Private ``FLWR_HOME`` (created owner-only).
     address : str
-        ``HOST:PORT`` of the SuperLink (Control API; Flower 1.42 serves it on the Fleet port).
+        ``HOST:PORT`` of the SuperLink's Control API (``fedpriv server start`` serves it on
+        loopback only, behind its proxy).
     root_certificates : Path
         The federation CA certificate (TLS is always on).
+    token : str, optional
+        The operator's Control API token. The ``flwr`` CLI sends it as ``Authorization: Bearer``
+        on every Control API request: it is stored the way ``flwr login`` stores an account's
+        access token (``FLWR_HOME/credentials.yaml``, owner-only), which the open-source
+        SuperLink ignores and fedpriv's proxy checks.
     """
 
     CONNECTION = "fedpriv"
 
-    def __init__(self, home: Path, address: str, root_certificates: Path) -> None:
+    def __init__(
+        self, home: Path, address: str, root_certificates: Path, *, token: str | None = None
+    ) -> None:
         self.home = home
         self.address = address
         home.mkdir(parents=True, exist_ok=True)
@@ -304,6 +336,8 @@ class FlwrCli:
             f"root-certificates = {json.dumps(ca)}\n"
         )
         (home / "config.toml").write_text(toml, encoding="utf-8")
+        if token is not None:
+            _store_token(home, address, token)
 
     def env(self) -> dict[str, str]:
         """Environment for Flower commands."""
@@ -392,6 +426,24 @@ class FlwrCli:
         return res.stdout + res.stderr
 
 
+def _store_token(home: Path, address: str, token: str) -> None:
+    """Store ``token`` as the access token of ``address`` in Flower's credential store."""
+    from flwr.cli.constant import (
+        ACCESS_TOKEN_STORE_KEY,
+        AUTHN_TYPE_STORE_KEY,
+        REFRESH_TOKEN_STORE_KEY,
+    )
+    from flwr.common.constant import AuthnType
+    from flwr.supercore.credential_store import FileCredentialStore
+
+    store = FileCredentialStore(home / "credentials.yaml")
+    # The OIDC type makes the CLI send the stored access token. It refreshes only after a 401
+    # with `WWW-Authenticate: Bearer`, which neither the proxy (403) nor the SuperLink sends.
+    store.set(AUTHN_TYPE_STORE_KEY % address, AuthnType.OIDC.encode())
+    store.set(ACCESS_TOKEN_STORE_KEY % address, token.encode())
+    store.set(REFRESH_TOKEN_STORE_KEY % address, b"unused")
+
+
 def _last_json(text: str) -> dict[str, Any] | None:
     """The JSON object printed last (Flower may print banners before it)."""
     start = text.find("{")
@@ -448,3 +500,62 @@ def serve(
             c.stop(grace=2.0)
         if on_exit is not None:
             on_exit()
+
+
+def supervise(
+    procs: Sequence[ManagedProcess],
+    *,
+    stop_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
+) -> tuple[int, ManagedProcess | None]:
+    """Block until one of ``procs`` exits or this process is told to stop; then stop them all.
+
+    For processes that only work together (the SuperLink and its proxy): when one dies, the
+    others are stopped too. All are stopped at once (each with its descendants), so a stop
+    takes as long as the slowest process, not their sum.
+
+    Returns
+    -------
+    (int, ManagedProcess or None)
+        ``(0, None)`` after a requested stop (Ctrl-C, SIGTERM, SIGHUP); otherwise the exit
+        status of the process that exited first (1 if it exited with 0 or unknown) and that
+        process.
+    """
+    stop_requested: dict[str, Any] = {"sig": None}
+
+    def _handler(signum: int, _frame: FrameType | None) -> None:
+        stop_requested["sig"] = signum
+        raise KeyboardInterrupt
+
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, but the children (nginx,
+    # uvicorn) still stop on it, which must read as a requested stop, not as a crash.
+    old = {s: signal.signal(s, _handler) for s in stop_signals}
+    dead: ManagedProcess | None = None
+    try:
+        while dead is None:
+            for p in procs:
+                if not p.alive():
+                    dead = p
+                    break
+                p.remember_descendants()
+            else:
+                time.sleep(0.5)
+        # A group signal may have stopped the child a moment before its handler ran here.
+        time.sleep(0.3)
+        rc = dead.returncode()
+        return (rc or 1), dead
+    except KeyboardInterrupt:
+        return 0, None
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        # A Ctrl-C reaches the whole foreground process group: let the children exit cleanly
+        # before signalling them again. A SIGTERM may have been sent to this process only.
+        sig = stop_requested["sig"]
+        grace = 0.0 if dead is not None else 5.0 if sig in (None, signal.SIGINT) else 1.0
+        stoppers = [
+            threading.Thread(target=p.stop, kwargs={"grace": grace}, daemon=True) for p in procs
+        ]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()

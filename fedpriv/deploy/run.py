@@ -28,7 +28,7 @@ from fedpriv.crypto.codec import load_params_file
 from fedpriv.deploy.bundle import check_pin, verify_bundle
 from fedpriv.deploy.processes import FlwrCli, parse_address
 from fedpriv.deploy.project import write_project
-from fedpriv.deploy.server import ServerState, default_server_state
+from fedpriv.deploy.server import ServerState, control_connection, default_server_state
 from fedpriv.errors import ConfigError, RunFailedError
 
 __all__ = ["RunOutcome", "submit_run"]
@@ -146,7 +146,7 @@ def _fail(cli: FlwrCli, run_id: int, status: str, what: str, run_dir: Path) -> R
 
 
 def submit_run(
-    superlink: str,
+    superlink: str | None,
     bundle_dir: Path,
     cfg: RunConfig,
     *,
@@ -165,8 +165,9 @@ def submit_run(
 
     Parameters
     ----------
-    superlink : str
-        ``HOST:PORT`` of the SuperLink.
+    superlink : str or None
+        ``HOST:PORT`` of the SuperLink's Control API (None: the one ``fedpriv server start``
+        recorded in its state folder; its public address means the same).
     bundle_dir : Path
         The server bundle (verified here; its CA authenticates the SuperLink).
     cfg : RunConfig
@@ -208,6 +209,7 @@ def submit_run(
             state.root,
         )
     check_config_fits(cfg, bundle.path("params.json"), len(nodes) if nodes else None)
+    superlink, token = control_connection(state, superlink)
     parse_address(superlink)
     root = (
         Path(run_dir) if run_dir else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
@@ -223,7 +225,7 @@ def submit_run(
     with tempfile.TemporaryDirectory(prefix="fedpriv-run-") as tmp:
         tmpd = Path(tmp)
         project = write_project(tmpd / "app")
-        cli = FlwrCli(tmpd / "flwr-home", superlink, bundle.path("ca.crt"))
+        cli = FlwrCli(tmpd / "flwr-home", superlink, bundle.path("ca.crt"), token=token)
         common: dict[str, object] = {
             "keys-dir": keys_dir,
             "run-dir": str(root),

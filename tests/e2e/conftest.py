@@ -10,6 +10,8 @@ _PATTERNS = (
     "gcs_server",
     "flower-superlink",
     "flower-supernode",
+    "flower-superexec",
+    "fedpriv.deploy.superlink_socket",  # fedpriv's SuperLink on a unix socket
     "flwr-simulation",
     "ray::",
 )

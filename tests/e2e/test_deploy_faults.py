@@ -134,14 +134,17 @@ def _submit_resume(root: Path, port: int, run_dir: Path) -> tuple[int, str]:
     from fedpriv.deploy.processes import FlwrCli
     from fedpriv.deploy.project import write_project
     from fedpriv.deploy.run import _wait, _write_run_config
-    from fedpriv.deploy.server import ServerState
+    from fedpriv.deploy.server import ServerState, control_connection
 
-    nodes = ServerState(root / "server-state").read_nodes()
+    state = ServerState(root / "server-state")
+    nodes = state.read_nodes()
     assert sorted(nodes) == ["client-0", "client-1", "client-2"], nodes
     work = root / "resume"
     project = write_project(work / "app")
     (project / "fedpriv_deploy_app" / "server_app.py").write_text(_RESUME_SERVER)
-    cli = FlwrCli(work / "flwr-home", f"127.0.0.1:{port}", root / "fed" / "server" / "ca.crt")
+    # the server's public address serves SuperNodes only: the operator's Control API and token
+    address, token = control_connection(state, f"127.0.0.1:{port}")
+    cli = FlwrCli(work / "flwr-home", address, root / "fed" / "server" / "ca.crt", token=token)
     rc = _write_run_config(
         work / "train.toml",
         {
