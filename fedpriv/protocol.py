@@ -19,6 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from fedpriv.errors import WireError
 
 __all__ = [
+    "TRAIN_METRICS",
     "EvalReply",
     "Instruction",
     "TrainReply",
@@ -139,6 +140,8 @@ _FLOAT_METRICS = (
     "encrypt-seconds",
     "client-epsilon",
 )
+TRAIN_METRICS = (*_INT_METRICS, *_FLOAT_METRICS)
+"""Every metric a train reply carries (a refusal sends them all, zero where not applicable)."""
 
 
 def metrics_digest(metrics: dict[str, float | int]) -> str:

@@ -23,9 +23,11 @@ from flwr.clientapp import ClientApp
 from fedpriv.config import RunConfig, config_from_dict
 from fedpriv.crypto.codec import ClientCodec
 from fedpriv.crypto.identity import PrivateIdentity, load_private_identity, sign_update
+from fedpriv.data.schema import check_client_data
 from fedpriv.errors import ConfigError, CryptoError, WireError
 from fedpriv.privacy.state import ClientPrivacyState
 from fedpriv.protocol import (
+    TRAIN_METRICS,
     EvalReply,
     Instruction,
     TrainReply,
@@ -136,6 +138,7 @@ def _read_instruction(msg: Message, codec: ClientCodec) -> tuple[Instruction, Ru
 
 def _local_data(cfg: RunConfig, settings: ClientSettings, context: Context) -> tuple[Any, Any]:
     from fedpriv.data import client_datasets, load_dataset
+    from fedpriv.data.schema import client_label_set
 
     d = cfg.data
     spec = settings.data or d.dataset
@@ -145,6 +148,7 @@ def _local_data(cfg: RunConfig, settings: ClientSettings, context: Context) -> t
         holdout_fraction=d.holdout_fraction,
         seed=cfg.seed,
         max_samples=d.max_samples,
+        labels=client_label_set(cfg, settings.data, context.node_config),
     )
     if settings.data:
         pid, n = 0, 1  # the device's own data is its whole partition
@@ -223,6 +227,15 @@ def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Me
 
     codec = _codec(str(settings.key_dir))
     ins, cfg = _read_instruction(msg, codec)
+    checked = check_client_data(cfg, settings.data, context.node_config)
+    if not checked.ok:  # refuse before loading the data; only the check names leave the device
+        cid, state = _client_id(context), _load_state(cfg, settings, context)
+        log.warning("client %s: %s", cid, checked.reason)
+        eps = state.epsilon() if cfg.record_dp else 0.0
+        zero = {**dict.fromkeys(TRAIN_METRICS, 0), "refused": 1, "epsilon": eps}
+        history = json.dumps(state.to_dict()["history"])
+        reply = TrainReply(zero, None, checked.reason, "", history, cid)
+        return Message(build_train_reply(reply), reply_to=msg)
     train, _test = _local_data(cfg, settings, context)
     pid, _ = _partition(context)
     cid = _client_id(context)
@@ -329,6 +342,8 @@ def handle_evaluate(msg: Message, context: Context, settings: ClientSettings) ->
 
     codec = _codec(str(settings.key_dir))
     ins, cfg = _read_instruction(msg, codec)
+    if not check_client_data(cfg, settings.data, context.node_config).ok:
+        return Message(build_eval_reply(EvalReply(0, 0.0, 0.0)), reply_to=msg)  # no bad data
     _train, test = _local_data(cfg, settings, context)
     model = _model(
         cfg, codec, ins, test.input_shape if len(test) else _train.input_shape, _train.num_classes

@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fedpriv.cli.report_cmd import add_report_parser
 
     add_report_parser(sub)
+    from fedpriv.cli.data_cmd import add_data_parser
+
+    add_data_parser(sub)
     return p
 
 
