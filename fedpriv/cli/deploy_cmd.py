@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpriv.cli._args import add_config_args
+from fedpriv.cli.monitor_cmd import add_monitor_args, monitor_alongside
 
 __all__ = ["add_deploy_commands"]
 
@@ -124,7 +125,8 @@ def cmd_server_start(args: argparse.Namespace) -> int:
     )
     _out(f"  state {state.root}, log {state.log}")
     _out("  stop with Ctrl-C (or SIGTERM)")
-    rc = serve(proc)
+    with monitor_alongside(args.monitor, args.monitor_dir, args.monitor_port):
+        rc = serve(proc)
     if rc:
         print(
             f"error: flower-superlink exited with status {rc}; log {state.log}:\n{proc.log_tail(20)}",
@@ -171,7 +173,17 @@ def cmd_client_start(args: argparse.Namespace) -> int:
         dealer_fingerprint=args.dealer_fingerprint,
         max_epsilon=args.max_epsilon,
         max_delta=args.max_delta,
+        schema=args.schema,
     )
+    if args.schema is not None and args.data:
+        from fedpriv.data.schema import check_local_data
+        from fedpriv.deploy.client import normalize_data_spec
+
+        verdict = check_local_data(normalize_data_spec(args.data), args.schema)
+        _out(
+            f"data schema {args.schema}: checked before every round; now "
+            + ("OK" if verdict.ok else f"{verdict.reason} (fedpriv data check shows where)")
+        )
     if prep.pin == "new-pin":
         _out(
             f"trusting dealer key {prep.bundle.dealer_fingerprint} from now on (pinned in "
@@ -377,6 +389,7 @@ def add_deploy_commands(sub: Any) -> None:
         "--state-dir", type=Path, default=None, help="default $FEDPRIV_HOME/server-<federation>"
     )
     st.add_argument("--dealer-fingerprint", default=None, help=fp_help)
+    add_monitor_args(st, runs_dir=True)
     st.set_defaults(func=cmd_server_start)
     sr = ss.add_parser(
         "register", help="register nodes added to the bundle since the server started"
@@ -442,6 +455,13 @@ def add_deploy_commands(sub: Any) -> None:
         type=float,
         default=1e-5,
         help="with --max-epsilon: refuse runs whose privacy.delta is larger (default 1e-5)",
+    )
+    cst.add_argument(
+        "--schema",
+        type=Path,
+        default=None,
+        help="this device's data schema (fedpriv data schema infer): the device checks its data "
+        "before every round and refuses to train on a violation, naming only the failed checks",
     )
     cst.add_argument(
         "--cold",

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +131,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"fedpriv simulate '{cfg.name}': {cfg.federation.num_clients} clients, {cfg.rounds} rounds, "
         f"data={cfg.data.dataset} ({cfg.data.partitioner}), DP={cfg.privacy.mode}, encryption={cfg.encryption.scheme}"
     )
-    result = simulate(
-        cfg, args.out, progress=None if args.quiet else _progress_printer(console, cfg)
-    )
+    out = args.out
+    if args.monitor and out is None:  # the monitor needs the folder before the run makes it
+        out = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+    from fedpriv.cli.monitor_cmd import monitor_alongside
+
+    with monitor_alongside(args.monitor, out or Path("runs"), args.monitor_port):
+        result = simulate(
+            cfg, out, progress=None if args.quiet else _progress_printer(console, cfg)
+        )
     _summary(console, result, cfg)
     return 0
 
@@ -182,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     from fedpriv.cli.data_cmd import add_data_parser
 
     add_data_parser(sub)
+    from fedpriv.cli.monitor_cmd import add_monitor_args, add_monitor_parser
+
+    add_monitor_parser(sub)
+    add_monitor_args(s)
     return p
 
 

@@ -827,7 +827,11 @@ def _budget(rec: RunRecords, clients: list[_Client], acct: dict[str, Any]) -> di
     }
     common: dict[str, Any] = {
         "refusals": refusals,
-        "clients_at_budget": sorted({r["client_id"] for r in refusals}, key=client_sort_key),
+        # A refusal for a failed data check (fedpriv.data.schema) is not a spent budget.
+        "clients_at_budget": sorted(
+            {r["client_id"] for r in refusals if not r["reason"].startswith("data check failed")},
+            key=client_sort_key,
+        ),
         **client_part,
     }
     if not rec.record_dp:
