@@ -24,7 +24,9 @@ def _server(root: Path, host: str, port: int) -> Any:
 def cmd_monitor(args: argparse.Namespace) -> int:
     srv = _server(args.run_dir, args.host, args.port)
     print(f"fedpriv monitor: {srv.url}  (watching {args.run_dir}; Ctrl-C to stop)", flush=True)
-    srv.serve()
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
+        srv.serve()
+    print("monitor stopped", flush=True)
     return 0
 
 

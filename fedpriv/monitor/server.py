@@ -130,9 +130,9 @@ class MonitorServer:
         self._stop = threading.Event()
         # Bound to loopback: only requests addressed to loopback (blocks DNS rebinding).
         allowed = ["127.0.0.1", "localhost"] if host in _LOOPBACK else None
-        app = make_app(Path(root), allowed_hosts=allowed, stop=self._stop)
+        self.app = make_app(Path(root), allowed_hosts=allowed, stop=self._stop)
         config = uvicorn.Config(
-            app,
+            self.app,
             log_level="warning",
             log_config=None,  # leave the host program's logging alone
             access_log=False,

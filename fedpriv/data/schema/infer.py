@@ -57,9 +57,16 @@ def _label_rule(
     balance: tuple[float | None, float | None],
 ) -> LabelRule:
     present = text[~np.isin(np.char.lower(text.astype(str)), list(NA_TOKENS))].astype(str)
+    problems = []
     if len(present) < len(text):
-        raise DataError(f"{where}: {len(text) - len(present)} rows have no label")
-    values = tuple(labels) if labels else sorted_labels(present.tolist(), where=where)
+        problems.append(f"{len(text) - len(present)} rows have no label")
+    values: tuple[str, ...] = ()
+    try:
+        values = tuple(labels) if labels else sorted_labels(present.tolist(), where=where)
+    except DataError as e:
+        problems.append(str(e).removeprefix(f"{where}: "))
+    if problems:
+        raise DataError(f"{where}: " + "; ".join(problems))
     if len(values) < 2:
         raise DataError(f"{where}: column {column!r} has a single class; need at least 2")
     return LabelRule(column, values, balance[0], balance[1])
@@ -90,7 +97,10 @@ def _feature(t: RawTable, j: int, margin: float, problems: list[str]) -> Feature
     if integer:
         lo_w, hi_w = float(math.floor(lo_w)), float(math.ceil(hi_w))
     lo_w, hi_w = _round_out(lo_w, hi_w, span)
-    t_lo, t_hi = _round_out(max(lo_w, q_lo - pad), min(hi_w, q_hi + pad), span)
+    # The median of a device's column must fall where the reference's central 98% lie: a
+    # column exported in other units (m for cm, kg for g) moves it far out, a skewed
+    # partition hardly ever does.
+    t_lo, t_hi = _round_out(q_lo, q_hi, span)
     frac = float(missing.mean())
     return FeatureRule(
         name,

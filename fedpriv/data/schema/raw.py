@@ -163,6 +163,8 @@ def _fast_numeric(
     text: str, head: tuple[str, ...], li: int | None, *, skip: int
 ) -> tuple[Any, ...] | None:
     """numpy's C parser for a clean all-numeric body (labels may be text); None if it balks."""
+    if skip and "\n" not in text:
+        return None  # a header and no rows
     if "\n\n" in text.replace("\r\n", "\n") or '"' in text:
         return None  # blank lines or quoting: the careful path sees them
     width = len(head)
