@@ -80,7 +80,11 @@ def cmd_schema_infer(args: argparse.Namespace) -> int:
         allow_extra_columns=args.allow_extra_columns,
     )
     schema.save(args.out)
-    what = f"{len(schema.features)} features" if schema.kind == "tabular" else "images"
+    what = (
+        f"{len(schema.features)} features"
+        if schema.kind == "tabular" or schema.image is None
+        else f"{'x'.join(map(str, schema.image.shape))} images"
+    )
     print(f"wrote {args.out}: {schema.kind} data ({what}, {len(schema.label.values)} labels)")
     for line in _describe(schema):
         print(line)

@@ -359,3 +359,24 @@ def test_where_the_client_schema_comes_from(tab: tuple[Path, DataSchema]) -> Non
     assert not check_client_data(cfg, bad, own).ok and check_client_data(cfg, clean, own).ok
     no_schema = SimpleNamespace(data=SimpleNamespace(dataset=bad, schema=""))
     assert check_client_data(no_schema, None, {}).ok
+
+
+def test_the_device_path_stays_light(tab: tuple[Path, DataSchema]) -> None:
+    """The ClientApp and its data check never load the web stack, matplotlib, pandas or the report."""
+    import subprocess
+    import sys
+
+    tmp, s = tab
+    s.save(tmp / "schema.json")
+    code = (
+        "import sys\n"
+        "import fedpriv.apps.client, fedpriv.deploy.apps\n"
+        "from fedpriv.data.schema import check_local_data\n"
+        f"assert check_local_data('csv:{tmp / 'clean.csv'}', '{tmp / 'schema.json'}').ok\n"
+        "heavy = ('starlette', 'uvicorn', 'matplotlib', 'pandas', 'fedpriv.report', "
+        "'fedpriv.monitor')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -74,6 +74,8 @@ class Violation:
     """File lines of ``rows`` (CSV only)."""
     count: int = 0
     """Number of offending rows or cells in all (0 when not countable)."""
+    unit: str = "row"
+    """What ``rows`` count: ``row`` (tables) or ``image``."""
 
     def location(self) -> str:
         parts = []
@@ -83,9 +85,8 @@ class Violation:
             parts.append(f"column {self.column!r}")
         if self.rows:
             more = self.count - len(self.rows)
-            text = ("row " if len(self.rows) == 1 and more <= 0 else "rows ") + ", ".join(
-                map(str, self.rows)
-            )
+            one = len(self.rows) == 1 and more <= 0
+            text = f"{self.unit}{'' if one else 's'} " + ", ".join(map(str, self.rows))
             text += f" and {more} more" if more > 0 else ""
             if self.lines:
                 text += f" (file line{'s' if len(self.lines) > 1 else ''} "
@@ -196,6 +197,7 @@ def _located(
     mask: np.ndarray,
     rows: np.ndarray,
     lines: np.ndarray | None,
+    unit: str = "row",
 ) -> Violation:
     idx = np.flatnonzero(mask)
     first = idx[:_SHOW]
@@ -207,6 +209,7 @@ def _located(
         tuple(int(r) for r in rows[first]),
         tuple(int(ln) for ln in lines[first]) if lines is not None else (),
         len(idx),
+        unit,
     )
 
 
@@ -226,6 +229,7 @@ def _check_labels(
     out: list[Violation],
 ) -> None:
     col = rule.column
+    unit = "row" if lines is not None else "image"
     text = labels.astype(str)
     missing = np.isin(np.char.lower(text), list(NA_TOKENS))
     if missing.any():
@@ -238,6 +242,7 @@ def _check_labels(
                 missing,
                 rows,
                 lines,
+                unit,
             )
         )
     allowed = list(rule.values)
@@ -255,6 +260,7 @@ def _check_labels(
                 unknown,
                 rows,
                 lines,
+                unit,
             )
         )
     valid = ~missing & ~unknown
@@ -490,6 +496,7 @@ def _check_images(im: RawImages, schema: DataSchema, out: list[Violation]) -> No
                 odd,
                 rows,
                 None,
+                "image",
             )
         )
     flat = im.x.reshape(len(im.x), -1)
@@ -533,6 +540,7 @@ def _check_pixels(
                 nonint,
                 rows,
                 lines,
+                "row" if lines is not None else "image",
             )
         )
     outside = use & ((lo_px < rule.pixel_min) | (hi_px > rule.pixel_max))
@@ -548,5 +556,6 @@ def _check_pixels(
                 outside,
                 rows,
                 lines,
+                "row" if lines is not None else "image",
             )
         )
