@@ -150,3 +150,32 @@ def test_monitor_serves_a_run_folder_and_stops_on_ctrl_c(tmp_path: Path) -> None
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         assert proc.stdout is not None and "monitor stopped" in proc.stdout.read()
+
+
+@pytest.mark.slow
+def test_simulate_with_monitor_prints_the_url_and_stops_with_the_run(tmp_path: Path) -> None:
+    sim = _fedpriv(
+        "simulate",
+        "--monitor",
+        "--quiet",
+        "--set",
+        "rounds=1",
+        "--set",
+        "federation.num_clients=2",
+        "--set",
+        "train.model=logreg",
+        "--set",
+        "privacy.mode=off",
+        "--set",
+        "encryption.scheme=off",
+        "--out",
+        "run",
+        cwd=tmp_path,
+    )
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    line = next(x for x in sim.stdout.splitlines() if x.startswith("monitor: "))
+    url = line.split()[1]
+    assert url.startswith("http://127.0.0.1:") and "watching run" in line
+    assert "DEBUG" not in sim.stdout + sim.stderr  # the web server leaves logging alone
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=5)  # stopped with the run

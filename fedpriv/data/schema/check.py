@@ -227,9 +227,9 @@ def _check_labels(
     rows: np.ndarray,
     lines: np.ndarray | None,
     out: list[Violation],
+    unit: str = "row",
 ) -> None:
     col = rule.column
-    unit = "row" if lines is not None else "image"
     text = labels.astype(str)
     missing = np.isin(np.char.lower(text), list(NA_TOKENS))
     if missing.any():
@@ -500,10 +500,16 @@ def _check_images(im: RawImages, schema: DataSchema, out: list[Violation]) -> No
             )
         )
     flat = im.x.reshape(len(im.x), -1)
-    _check_pixels(flat, ~odd, rule, im.where, rows, None, out)
+    _check_pixels(flat, ~odd, rule, im.where, rows, None, out, "image")
     n_lab = len(im.x) if im.label_count is None else min(len(im.x), im.label_count)
     _check_labels(
-        im.labels[:n_lab], schema.label, im.label_where or im.where, rows[:n_lab], None, out
+        im.labels[:n_lab],
+        schema.label,
+        im.label_where or im.where,
+        rows[:n_lab],
+        None,
+        out,
+        "image",
     )
 
 
@@ -515,6 +521,7 @@ def _check_pixels(
     rows: np.ndarray,
     lines: np.ndarray | None,
     out: list[Violation],
+    unit: str = "row",
 ) -> None:
     if not len(flat):
         return
@@ -540,7 +547,7 @@ def _check_pixels(
                 nonint,
                 rows,
                 lines,
-                "row" if lines is not None else "image",
+                unit,
             )
         )
     outside = use & ((lo_px < rule.pixel_min) | (hi_px > rule.pixel_max))
@@ -556,6 +563,6 @@ def _check_pixels(
                 outside,
                 rows,
                 lines,
-                "row" if lines is not None else "image",
+                unit,
             )
         )

@@ -9,6 +9,7 @@ as a whole (missing file, bad IDX header, not UTF-8) raises :class:`Unreadable`.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 from dataclasses import dataclass
@@ -53,7 +54,8 @@ class RawTable:
     labels: np.ndarray | None
     """Text of the label column (stripped), or None when the header has none."""
     rows: np.ndarray
-    lines: np.ndarray
+    lines: np.ndarray | None
+    """File line of each kept row (None when the source is not a file, e.g. ``hf:``)."""
     ragged: tuple[tuple[int, int, int], ...]
     """(data row, file line, field count) of each row whose width differs from the header."""
 
@@ -401,4 +403,4 @@ def _hf(name: str, label_column: str) -> RawPart:
     for rec in ds:
         w.writerow(["" if rec[c] is None else rec[c] for c in head])
     li = head.index(label_column) if label_column in head else None
-    return _slow(where, buf.getvalue(), head, li, skip=0)
+    return dataclasses.replace(_slow(where, buf.getvalue(), head, li, skip=0), lines=None)
