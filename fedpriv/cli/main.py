@@ -98,7 +98,10 @@ def _summary(console: Any, result: Any, cfg: Any) -> None:
                     row.append(f"{e:.3f}{mark}" if e is not None else c["status"])
             et.add_row(*row)
         console.print(et)
-        console.print("  * = refused to train: the round would have exceeded the client's budget")
+        console.print(
+            "  * = refused to train: the round would have exceeded the client's budget, or its "
+            "data failed the data schema (the reason is in metrics.json and the ledger)"
+        )
     acc = result.final_accuracy
     console.print(
         f"[bold]done[/bold] in {result.wall_seconds:.1f}s; final held-out accuracy {acc:.4f}"
