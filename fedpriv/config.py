@@ -61,6 +61,10 @@ class DataConfig:
     classes_per_partition: int = 2
     max_samples: int = 0
     """Use at most this many training samples (0 = all)."""
+    schema: str = ""
+    """Data schema file (``fedpriv data schema infer``): every client checks its data against it
+    before training and refuses on violation; its label set fixes the classes. '' = no check.
+    Devices with their own data use their own schema (``fedpriv client start --schema``)."""
 
 
 @dataclass(frozen=True)
@@ -294,6 +298,11 @@ def _check(cfg: RunConfig) -> list[str]:
     need(d.alpha > 0, f"data.alpha: must be > 0, got {d.alpha}")
     need(d.classes_per_partition >= 1, "data.classes_per_partition: must be >= 1")
     need(d.max_samples >= 0, "data.max_samples: must be >= 0")
+    if d.schema:
+        need(
+            d.schema == d.schema.strip() and d.schema.endswith(".json"),
+            f"data.schema: expected the path of a .json schema file, got {d.schema!r}",
+        )
     f = cfg.federation
     need(f.num_clients >= 1, f"federation.num_clients: must be >= 1, got {f.num_clients}")
     need(
@@ -464,7 +473,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: cannot read ({exc})") from None
         if "name" not in raw:
             raw["name"] = p.stem
-    return config_from_dict(apply_overrides(raw, overrides or []))
+    cfg = config_from_dict(apply_overrides(raw, overrides or []))
+    if cfg.data.schema:
+        # Checked here, where the config is written, not in config_from_dict: a device parses
+        # the run's config too, and the schema path names a file on the operator's side.
+        from fedpriv.data.schema import load_schema
+
+        try:
+            load_schema(cfg.data.schema)
+        except ConfigError as exc:
+            raise ConfigError([f"data.schema: {e}" for e in exc.errors]) from None
+    return cfg
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

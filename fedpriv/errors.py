@@ -9,7 +9,8 @@ exit code  class                       meaning
 0          (none)                      success
 1          FedprivError                unexpected failure inside fedpriv
 2          ConfigError                 a config file or --set value is invalid
-3          DataError                   a dataset or data file cannot be read/used
+3          DataError                   a dataset or data file cannot be read/used,
+                                       or does not match its data schema
 4          CryptoError                 key material missing, wrong or tampered
 5          WireError                   a message failed validation (size, params...)
 6          BudgetExhaustedError        a privacy budget would be exceeded
@@ -25,6 +26,7 @@ __all__ = [
     "BudgetExhaustedError",
     "ConfigError",
     "CryptoError",
+    "DataCheckError",
     "DataError",
     "FedprivError",
     "RunFailedError",
@@ -55,6 +57,14 @@ class DataError(FedprivError):
     """A dataset or data file cannot be loaded or does not fit the task."""
 
     exit_code = 3
+
+
+class DataCheckError(DataError):
+    """Data does not match its data schema; ``failed_checks`` names every violated check."""
+
+    def __init__(self, message: str, failed_checks: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.failed_checks = tuple(failed_checks)
 
 
 class CryptoError(FedprivError):

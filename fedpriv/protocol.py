@@ -21,6 +21,7 @@ from fedpriv.errors import WireError
 from fedpriv.privacy.ledger import MAX_RECORD_CHARS
 
 __all__ = [
+    "TRAIN_METRICS",
     "EvalReply",
     "Instruction",
     "TrainReply",
@@ -154,6 +155,8 @@ _FLOAT_METRICS = (
     "encrypt-seconds",
     "client-epsilon",
 )
+TRAIN_METRICS = (*_INT_METRICS, *_FLOAT_METRICS)
+"""Every metric a train reply carries (a refusal sends them all, zero where not applicable)."""
 
 
 def metrics_digest(metrics: dict[str, float | int]) -> str:

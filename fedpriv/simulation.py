@@ -8,6 +8,7 @@ sees plaintext weights or the held-out data.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -156,7 +157,11 @@ def simulate(
         raise FedprivError(
             f"{root}: run folder exists and is not empty; choose another --out or --resume"
         )
-    else:
+    if cfg.data.schema:  # clients may run in another folder: record the absolute path
+        schema = str(Path(cfg.data.schema).expanduser().resolve())
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, schema=schema))
+    labels = _checked_labels(cfg)
+    if not resume:
         rd.root.mkdir(parents=True, exist_ok=True)
         _write_config(cfg, rd)
     d = cfg.data
@@ -166,6 +171,7 @@ def simulate(
         holdout_fraction=d.holdout_fraction,
         seed=cfg.seed,
         max_samples=d.max_samples,
+        labels=labels,
     )
     sizes = partition_sizes(cfg, train)
     model = build_model(cfg.train.model, train.input_shape, train.num_classes, seed=cfg.seed)
@@ -213,6 +219,18 @@ def simulate(
     # Every run ships its signed privacy report; failing to build it fails the run.
     write_report(rd.root)
     return SimulationResult(rd.root, doc, doc["wall_seconds"])
+
+
+def _checked_labels(cfg: RunConfig) -> tuple[str, ...] | None:
+    """With ``data.schema``: check the run's dataset (every violation, exit 3) and return the
+    schema's label set; the run must not start on data its own schema rejects."""
+    if not cfg.data.schema:
+        return None
+    from fedpriv.data.schema import check_data, load_schema
+
+    data_schema = load_schema(cfg.data.schema)
+    check_data(cfg.data.dataset, data_schema).raise_if_failed()
+    return data_schema.label.values
 
 
 def _project_dir(given: Path | None) -> Path:

@@ -36,6 +36,7 @@ from flwr.clientapp import ClientApp
 from fedpriv.config import RunConfig, config_from_dict, load_config
 from fedpriv.crypto.codec import ClientCodec
 from fedpriv.crypto.identity import PrivateIdentity, load_private_identity, sign_record
+from fedpriv.data.schema import check_client_data, client_label_set
 from fedpriv.errors import ConfigError, CryptoError, WireError
 from fedpriv.privacy.ledger import EVAL_FORMAT, RECORD_FORMAT, make_record
 from fedpriv.privacy.policy import DevicePolicy, EffectiveLimits
@@ -211,6 +212,9 @@ def _local_data(cfg: RunConfig, settings: ClientSettings, context: Context) -> t
         holdout_fraction=d.holdout_fraction,
         seed=cfg.seed,
         max_samples=d.max_samples,
+        # the schema's label order is the class order: a device missing a class builds the
+        # same model, and a label outside the set is an error, never a new class
+        labels=client_label_set(cfg, settings.data, context.node_config),
     )
     if settings.data:
         pid, n = 0, 1  # the device's own data is its whole partition
@@ -423,6 +427,9 @@ def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Me
     )
     if refusal:
         return _reply(r, settings, context, msg, refusal=refusal)
+    checked = check_client_data(cfg, settings.data, context.node_config)
+    if not checked.ok:  # refuse before training: only the names of the failed checks leave
+        return _reply(r, settings, context, msg, refusal=checked.reason)
     train, _test = _local_data(cfg, settings, context)
     sigma = _planned_sigma(cfg, len(train), context) if cfg.record_dp else None
     violations = policy.review(cfg, sigma)
@@ -544,6 +551,9 @@ def handle_evaluate(msg: Message, context: Context, settings: ClientSettings) ->
     if not refusal:
         violations = policy.review(cfg)
         refusal = "policy: " + "; ".join(violations) if violations else ""
+    if not refusal:
+        checked = check_client_data(cfg, settings.data, context.node_config)
+        refusal = "" if checked.ok else checked.reason
     if not refusal:
         mean, _count, refusal = _checked_global(cfg, codec, ins, policy.limits(cfg))
         if not refusal:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpriv.cli._args import add_config_args
+from fedpriv.cli.monitor_cmd import add_monitor_args, monitor_alongside
 
 __all__ = ["add_deploy_commands"]
 
@@ -132,7 +133,8 @@ def cmd_server_start(args: argparse.Namespace) -> int:
     )
     _out(f"  state {state.root}, logs {state.log.parent}")
     _out("  stop with Ctrl-C (or SIGTERM)")
-    _rc, dead = supervise(server.processes)
+    with monitor_alongside(args.monitor, args.monitor_dir, args.monitor_port):
+        _rc, dead = supervise(server.processes)
     server.release()
     if dead is not None:
         others = ", ".join(p.name for p in server.processes if p is not dead)
@@ -226,7 +228,17 @@ def cmd_client_start(args: argparse.Namespace) -> int:
         dealer_fingerprint=args.dealer_fingerprint,
         policy=_device_policy(args),
         insecure_test_seed=args.insecure_test_seed,
+        schema=args.schema,
     )
+    if args.schema is not None and args.data:
+        from fedpriv.data.schema import check_local_data
+        from fedpriv.deploy.client import normalize_data_spec
+
+        verdict = check_local_data(normalize_data_spec(args.data), args.schema)
+        _out(
+            f"data schema {args.schema}: checked before every round; now "
+            + ("OK" if verdict.ok else f"{verdict.reason} (fedpriv data check shows where)")
+        )
     if prep.pin == "new-pin":
         _out(
             f"trusting dealer key {prep.bundle.dealer_fingerprint} from now on (pinned in "
@@ -440,6 +452,7 @@ def add_deploy_commands(sub: Any) -> None:
         "--state-dir", type=Path, default=None, help="default $FEDPRIV_HOME/server-<federation>"
     )
     st.add_argument("--dealer-fingerprint", default=None, help=fp_help)
+    add_monitor_args(st, runs_dir=True)
     st.set_defaults(func=cmd_server_start)
     sr = ss.add_parser(
         "register", help="register nodes added to the bundle since the server started"
@@ -543,6 +556,13 @@ def add_deploy_commands(sub: Any) -> None:
         metavar="N",
         help="tests only: draw this device's DP randomness from a seed instead of the OS CSPRNG;"
         " every record says so and the run is marked NOT private",
+    )
+    cst.add_argument(
+        "--schema",
+        type=Path,
+        default=None,
+        help="this device's data schema (fedpriv data schema infer): the device checks its data "
+        "before every round and refuses to train on a violation, naming only the failed checks",
     )
     cst.add_argument(
         "--cold",

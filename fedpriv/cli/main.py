@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,10 @@ def _summary(console: Any, result: Any, cfg: Any) -> None:
                     row.append(f"{e:.3f}{mark}" if e is not None else c["status"])
             et.add_row(*row)
         console.print(et)
-        console.print("  * = refused to train: the round would have exceeded the client's budget")
+        console.print(
+            "  * = refused to train: the round would have exceeded the client's budget, or its "
+            "data failed the data schema (the reason is in metrics.json and the ledger)"
+        )
     acc = result.final_accuracy
     console.print(
         f"[bold]done[/bold] in {result.wall_seconds:.1f}s; final held-out accuracy {acc:.4f}"
@@ -135,12 +139,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             "[bold red]warning:[/] --insecure-test-seed makes the devices' DP randomness "
             "reproducible: this run is NOT private (its report and `report verify` say so)"
         )
-    result = simulate(
-        cfg,
-        args.out,
-        progress=None if args.quiet else _progress_printer(console, cfg),
-        insecure_test_seed=args.insecure_test_seed,
-    )
+    out = args.out
+    if args.monitor and out is None:  # the monitor needs the folder before the run makes it
+        out = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+    from fedpriv.cli.monitor_cmd import monitor_alongside
+
+    with monitor_alongside(args.monitor, out or Path("runs"), args.monitor_port):
+        result = simulate(
+            cfg,
+            out,
+            progress=None if args.quiet else _progress_printer(console, cfg),
+            insecure_test_seed=args.insecure_test_seed,
+        )
     _summary(console, result, cfg)
     return 0
 
@@ -195,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     from fedpriv.cli.report_cmd import add_report_parser
 
     add_report_parser(sub)
+    from fedpriv.cli.data_cmd import add_data_parser
+
+    add_data_parser(sub)
+    from fedpriv.cli.monitor_cmd import add_monitor_args, add_monitor_parser
+
+    add_monitor_parser(sub)
+    add_monitor_args(s)
     return p
 
 

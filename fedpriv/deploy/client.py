@@ -122,6 +122,7 @@ def prepare_client(
     dealer_fingerprint: str | None = None,
     policy: DevicePolicy | None = None,
     insecure_test_seed: int | None = None,
+    schema: Path | None = None,
 ) -> ClientStart:
     """Verify the bundle and lay out the device's state folder (no process is started).
 
@@ -190,6 +191,12 @@ def prepare_client(
         "node-key": str(node_key),
         "identity-key": str(node_key),  # signs every update (fedpriv.crypto.identity)
     }
+    if schema is not None:  # the device's own data schema: checked before every round
+        from fedpriv.data.schema import load_schema
+
+        schema = Path(schema).expanduser().resolve()
+        load_schema(schema)  # ConfigError now rather than a failing client later
+        lines["schema"] = str(schema)
     if data:
         lines["data"] = normalize_data_spec(data)
     elif partition is None:

@@ -325,7 +325,12 @@ def build_budget_policy(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
     cl = acct["client_level"]
     common: dict[str, Any] = {
         "refusals": refusals,
-        "clients_at_budget": sorted({r["client_id"] for r in refusals}, key=client_sort_key),
+        # Only budget refusals ("refused: ... epsilon ...") mean a spent budget; a device that
+        # refused a request outside its policy, an aggregate, or its own bad data is not at it.
+        "clients_at_budget": sorted(
+            {r["client_id"] for r in refusals if str(r["reason"]).startswith("refused:")},
+            key=client_sort_key,
+        ),
         "client_max_epsilon": cl["max_epsilon"] if cl else None,
         "client_on_reach": (
             "Before each round the server computes the client-level epsilon the round would"
