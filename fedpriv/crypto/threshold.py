@@ -619,6 +619,10 @@ class KeyShare:
     ) -> bytes:
         """This party's partial decryption of ``aggregate`` for the participant set P.
 
+        The caller (protocol layer) must first check that the aggregate sums at least k_min
+        distinct signed updates of the current round: this function cannot tell an aggregate
+        from a single ciphertext (the count field is the server's claim).
+
         Parameters
         ----------
         aggregate : bytes
@@ -633,10 +637,6 @@ class KeyShare:
             :func:`derive_mask`); the finishing party removes it.
         min_count : int
             Refuse aggregates that declare fewer summands (pass k_min).
-
-        The caller (protocol layer) must first check that the aggregate sums at least k_min
-        distinct signed updates of the current round: this function cannot tell an aggregate
-        from a single ciphertext (the count field is the server's claim).
         """
         p = self._params
         ps = _check_participants(p, participants)
