@@ -69,7 +69,6 @@ mode = "record"
 noise_multiplier = 1.0
 max_epsilon = 50.0
 accountant = "rdp"
-noise_seed = 13
 
 [encryption]
 scheme = "bfv"
