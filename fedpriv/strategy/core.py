@@ -97,6 +97,8 @@ class RoundRecord:
     global_bytes: int = 0
     eval_sampled: list[int] = field(default_factory=list)
     evals: list[ClientEvalRecord] = field(default_factory=list)
+    needed: int = 1
+    """Accepted updates this round needed for its aggregate to be used."""
 
 
 class EncryptedFedAvg(Strategy):
@@ -336,9 +338,11 @@ class EncryptedFedAvg(Strategy):
             )
         rec.aggregate_seconds = time.perf_counter() - t0
         if rec.accepted == 0:
+            rec.needed = max(1, self.min_accepted)
             return None, None
         refused = sum(c.status == "refused" for c in rec.clients)
         needed = max(1, self.min_accepted, min(self.min_train, len(rec.sampled) - refused))
+        rec.needed = needed
         if rec.accepted < needed:
             log.warning(
                 "round %d: only %d accepted updates (< %d); global model unchanged",
@@ -454,23 +458,36 @@ class EncryptedFedAvg(Strategy):
             assert rec is not None
             refused = [c for c in rec.clients if c.status == "refused"]
             if agg is None:
-                if rec.accepted == 0 and refused and len(refused) == len(rec.sampled):
+                # Refusals alone (budget, policy, data checks) end the run: the devices decided.
+                # A shortfall from failed or rejected replies is a failed run.
+                graceful = bool(refused) and rec.accepted + len(refused) == len(rec.sampled)
+                if graceful:
                     why_all = sorted({c.reason for c in refused})
                     more = f"; and {len(why_all) - 1} other reason(s)" if len(why_all) > 1 else ""
-                    self.stop_reason = (
-                        f"round {rnd}: every sampled client refused ({why_all[0]}{more})"
-                    )
+                    if rec.accepted == 0:
+                        self.stop_reason = (
+                            f"round {rnd}: every sampled client refused ({why_all[0]}{more})"
+                        )
+                    else:
+                        self.stop_reason = (
+                            f"round {rnd}: {len(refused)} of {len(rec.sampled)} clients refused"
+                            f" ({why_all[0]}{more}); {rec.accepted} update(s) left, an aggregate"
+                            f" needs at least {rec.needed}"
+                        )
                 else:
                     reasons = (
                         "; ".join(f"node {c.node_id}: {c.status} ({c.reason})" for c in rec.clients)
                         or "no replies"
                     )
-                    self.stop_reason = f"round {rnd}: {rec.accepted} accepted updates, {self.min_train} needed ({reasons})"
+                    self.stop_reason = (
+                        f"round {rnd}: {rec.accepted} accepted updates, {rec.needed} needed"
+                        f" ({reasons})"
+                    )
                 rec.seconds = time.perf_counter() - t0
                 self.history.append(rec)
                 if self.on_round:
                     self.on_round(rec, None)
-                if rec.accepted == 0 and refused and len(refused) == len(rec.sampled):
+                if graceful:
                     log.warning("%s; stopping", self.stop_reason)
                     break
                 raise RunFailedError(self.stop_reason)
