@@ -319,7 +319,7 @@ def test_ledger_with_the_last_round_dropped_fails_verification(tmp_path: Path) -
     shutil.rmtree(run / "clients")
     assert fedpriv("report", "build", str(run)).returncode == 0
     alone = fedpriv("report", "verify", str(run))
-    assert alone.returncode == 0 and "[WARN] client heads" in alone.stdout
+    assert alone.returncode == 0 and "[FLAG] client heads" in alone.stdout
     r = fedpriv("report", "verify", str(run), *heads)
     assert r.returncode == 9, r.stdout
     assert "[FAIL] client heads" in r.stdout and "latest rounds are missing" in r.stdout
