@@ -361,6 +361,9 @@ class DecryptRequest:
     participants: tuple[int, ...]
     records: tuple[SignedUpdateRecord, ...]
     updates: tuple[bytes, ...] = ()
+    registry_proof: tuple[str, str, bytes] | None = None
+    """Deployment: the server bundle's identity registry, manifest and the dealer's signature
+    of it, so devices check records of nodes added after their own bundle was made."""
 
 
 def build_decrypt_request(req: DecryptRequest) -> RecordDict:
@@ -381,6 +384,9 @@ def build_decrypt_request(req: DecryptRequest) -> RecordDict:
             "aggregate": blob_to_record(req.aggregate),
         }
     )
+    if req.registry_proof is not None:
+        reg, manifest, sig = req.registry_proof
+        rd["registry"] = ConfigRecord({"registry": reg, "manifest": manifest, "signature": sig})
     if req.updates:
         rd["updates"] = ArrayRecord(
             {

@@ -221,6 +221,22 @@ def _record_problem(
     return ""
 
 
+def _request_registry(
+    req: DecryptRequest, settings: ClientSettings, context: Context
+) -> IdentityRegistry:
+    """The registry to check records with: the dealer-signed one the request carries when this
+    device has a bundle to verify it with (deployment), else the one dealt with its keys."""
+    bundle = str(context.node_config.get("bundle", "") or "")
+    if req.registry_proof is not None and bundle:
+        from fedpriv.deploy.threshold import verified_registry
+
+        return IdentityRegistry.from_openssh(verified_registry(Path(bundle), req.registry_proof))
+    try:
+        return _registry(str(settings.key_dir / REGISTRY_FILE))
+    except CryptoError as exc:
+        raise ConfigError(f"threshold custody needs the identity registry: {exc}") from None
+
+
 def _own_record(state: Any, run_id: str, server_round: int) -> dict[str, Any] | None:
     """This device's signed record of ``server_round`` in ``run_id`` if it trained then."""
     head = state.run(run_id).head_record
@@ -263,10 +279,7 @@ def handle_decrypt(msg: Message, context: Context, settings: ClientSettings) -> 
             violations.append("a decryption request in a run that is not threshold custody")
         chk.refusal = "policy: " + "; ".join(violations) if violations else ""
     if not chk.refusal:
-        try:
-            registry = _registry(str(settings.key_dir / REGISTRY_FILE))
-        except CryptoError as exc:
-            raise ConfigError(f"threshold custody needs the identity registry: {exc}") from None
+        registry = _request_registry(req, settings, context)
         state = _load_state(cfg, settings, context)
         chk = check_decrypt_request(
             req,

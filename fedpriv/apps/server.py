@@ -202,6 +202,10 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
         max_eval_examples=_eval_cap(params, cfg),
         **({"threshold": threshold} if threshold is not None else {}),
     )
+    if threshold is not None:
+        from fedpriv.deploy.threshold import registry_proof
+
+        strategy.registry_proof = registry_proof(s.params_path.parent)
     first = 1
     if s.resume:
         first = checkpoint.restore(strategy, recorder, rd, params.fingerprint())

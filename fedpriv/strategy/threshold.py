@@ -140,6 +140,8 @@ class ThresholdDecryption:
     _rng: random.Random
     _node_of: dict[str, int]
     _round_updates: list[bytes]
+    registry_proof: tuple[str, str, bytes] | None = None
+    """Deployment: the server bundle's dealer-signed identity registry (sent with requests)."""
 
     def _check_record(
         self, fmt: str, record: str, signature: bytes, client_id: str, node: int, rnd: int
@@ -172,6 +174,7 @@ class ThresholdDecryption:
             participants,
             records,
             updates,
+            self.registry_proof,
         )
 
     def configure_decrypt(
