@@ -445,8 +445,18 @@ def parse_decrypt_request(content: RecordDict, *, max_blob_bytes: int) -> Decryp
                 raise WireError(f"{where}: update {key} is not a uint8 blob")
             updates.append(data.tobytes())
     signed = tuple(SignedUpdateRecord(c, r, s) for c, r, s in zip(cids, records, sigs, strict=True))
+    proof = None
+    if "registry" in content.config_records:
+        reg = content.config_records["registry"]
+        proof = (
+            _get(reg, "registry", str, where),
+            _get(reg, "manifest", str, where),
+            _get(reg, "signature", bytes, where),
+        )
+        if len(proof[0]) > 1 << 22 or len(proof[1]) > 1 << 22 or len(proof[2]) > 512:
+            raise WireError(f"{where}: identity registry too large")
     return DecryptRequest(
-        rnd, run_id, text, fp, aggregate, tuple(int(i) for i in ps), signed, tuple(updates)
+        rnd, run_id, text, fp, aggregate, tuple(int(i) for i in ps), signed, tuple(updates), proof
     )
 
 

@@ -120,7 +120,8 @@ def check_decrypt_request(
     if out.count < k_min:
         out.refusal = (
             f"decryption refused: the aggregate sums {out.count} update(s), this device requires "
-            f"at least {k_min} (a request for one client's ciphertext)"
+            f"at least {k_min}"
+            + (" (a request for one client's ciphertext)" if out.count == 1 else "")
         )
         return out
     seen: set[str] = set()
