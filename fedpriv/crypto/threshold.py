@@ -639,6 +639,8 @@ class KeyShare:
         min_count : int
             Refuse aggregates that declare fewer summands (pass k_min).
 
+        Notes
+        -----
         The caller (protocol layer) must first check that the aggregate sums at least k_min
         distinct signed updates of the current round: this function cannot tell an aggregate
         from a single ciphertext (the count field is the server's claim).
