@@ -478,6 +478,13 @@ def _custody_problems(cfg: RunConfig) -> list[str]:
             f"encryption.threshold: must be in 2..{n} (the number of share holders, "
             f"federation.num_clients), got {x.threshold}"
         )
+    elif threshold_for(cfg) > cfg.clients_per_round:
+        # The server asks this round's contributors (and holders it met in earlier rounds): in
+        # round 1 it knows only those it sampled.
+        out.append(
+            f"encryption.threshold: T = {threshold_for(cfg)} exceeds the {cfg.clients_per_round}"
+            " clients sampled per round; raise federation.fraction_train or lower the threshold"
+        )
     return out
 
 

@@ -78,6 +78,8 @@ def test_config_custody_rules() -> None:
         load_config(None, ["encryption.key_custody=threshold", "federation.num_clients=1"])
     with pytest.raises(ConfigError, match="allowed_custody"):
         load_config(None, ["device.allowed_custody=['threshold']"])
+    with pytest.raises(ConfigError, match="exceeds the 5 clients sampled per round"):
+        load_config(None, ["encryption.key_custody=threshold", "federation.fraction_train=0.5"])
 
 
 def test_a_device_requiring_threshold_custody_refuses_shared_custody() -> None:
