@@ -37,11 +37,14 @@ __all__ = [
     "config_hash",
     "config_to_dict",
     "load_config",
+    "threshold_for",
 ]
 
 Partitioner = Literal["iid", "dirichlet", "pathological", "shard"]
 PrivacyMode = Literal["off", "record", "client", "both"]
 Scheme = Literal["off", "bfv", "ckks"]
+KeyCustody = Literal["shared", "threshold"]
+DecryptionCheck = Literal["records", "rebuild"]
 Accountant = Literal["prv", "rdp"]
 
 
@@ -121,6 +124,28 @@ class EncryptionConfig:
     coeff_modulus_bits: tuple[int, ...] = ()
     """() = choose automatically from model size and number of clients."""
     ckks_scale_bits: int = 40
+    key_custody: KeyCustody = "shared"
+    """``shared``: every client holds the one BFV secret. ``threshold``: the secret is
+    Shamir-shared, any ``threshold`` clients decrypt an aggregate together (docs/crypto.md)."""
+    threshold: int = 0
+    """T of the ``federation.num_clients`` share holders decrypt (0 = a majority,
+    floor(n/2) + 1: any minority colluding with the server learns nothing, and up to
+    ceil(n/2) - 1 holders may be offline)."""
+    decryption_check: DecryptionCheck = "records"
+    """Threshold custody: what a decrypting client checks before its partial decryption.
+    ``records``: at least k_min valid signed update records of this round, as many as the
+    aggregate claims. ``rebuild``: the request also carries the round's signed updates and the
+    client rebuilds the aggregate from them (stops a server substituting one client's
+    ciphertext; costs the download of every update)."""
+    statistical_security: int = 40
+    """Threshold custody: lambda, the statistical security of the flooding (bits)."""
+    max_decryptions: int = 65536
+    """Threshold custody: D, decryptions one dealt key serves before it must be re-dealt."""
+
+
+def threshold_for(cfg: RunConfig) -> int:
+    """T for a threshold-custody run: ``encryption.threshold``, else a majority of the clients."""
+    return cfg.encryption.threshold or cfg.federation.num_clients // 2 + 1
 
 
 @dataclass(frozen=True)
@@ -144,6 +169,11 @@ class DeviceConfig:
     client_max_epsilon: float = 0.0
     min_clients_per_aggregate: int = 0
     """k_min: aggregates of fewer updates are refused (0 = what the run itself requires)."""
+    allowed_custody: tuple[KeyCustody, ...] = ()
+    """Key custodies this device takes part in (empty = the experiment's own)."""
+    require_rebuilt_aggregate: bool = False
+    """Threshold custody: partially decrypt only aggregates this device rebuilt from the
+    round's signed updates (refuse ``decryption_check = "records"`` requests)."""
 
 
 @dataclass(frozen=True)
@@ -378,6 +408,7 @@ def _check(cfg: RunConfig) -> list[str]:
             "encryption.coeff_modulus_bits: each prime must have 20..60 bits",
         )
         need(20 <= x.ckks_scale_bits <= 60, "encryption.ckks_scale_bits: must be in 20..60")
+    e.extend(_custody_problems(cfg))
     dv = cfg.device
     for name in ("max_epsilon", "max_lifetime_epsilon", "client_max_epsilon"):
         v = getattr(dv, name)
@@ -396,6 +427,18 @@ def _check(cfg: RunConfig) -> list[str]:
             f"device.allowed_modes {list(dv.allowed_modes)} excludes the experiment's privacy.mode"
             f" {p.mode!r}: every client would refuse",
         )
+    if dv.allowed_custody:
+        need(
+            x.key_custody in dv.allowed_custody,
+            f"device.allowed_custody {list(dv.allowed_custody)} excludes encryption.key_custody "
+            f"{x.key_custody!r}: every client would refuse",
+        )
+    if dv.require_rebuilt_aggregate and x.key_custody == "threshold":
+        need(
+            x.decryption_check == "rebuild",
+            "device.require_rebuilt_aggregate needs encryption.decryption_check = 'rebuild': "
+            "every client would refuse the decryption requests",
+        )
     if dv.allowed_schemes:
         need(
             cfg.encryption.scheme in dv.allowed_schemes,
@@ -409,6 +452,49 @@ def _check(cfg: RunConfig) -> list[str]:
     )
     need(s.num_cpus_per_client >= 1, "simulation.num_cpus_per_client: must be an integer >= 1")
     return e
+
+
+def _custody_problems(cfg: RunConfig) -> list[str]:
+    """Rules for ``encryption.key_custody`` and the threshold keys."""
+    x, n = cfg.encryption, cfg.federation.num_clients
+    out: list[str] = []
+    if not 20 <= x.statistical_security <= 128:
+        out.append(
+            f"encryption.statistical_security: must be in 20..128, got {x.statistical_security}"
+        )
+    if not 1 <= x.max_decryptions <= 2**40:
+        out.append(f"encryption.max_decryptions: must be in 1..2^40, got {x.max_decryptions}")
+    if x.threshold < 0:
+        out.append(f"encryption.threshold: must be >= 0 (0 = a majority), got {x.threshold}")
+    if x.key_custody != "threshold":
+        if x.threshold:
+            out.append("encryption.threshold: only used with encryption.key_custody = 'threshold'")
+        return out
+    if x.scheme != "bfv":
+        out.append(
+            f"encryption.key_custody = 'threshold' needs encryption.scheme = 'bfv', got "
+            f"{x.scheme!r}"
+        )
+    if x.coeff_modulus_bits:
+        out.append(
+            "encryption.coeff_modulus_bits: threshold custody derives its modulus from the "
+            "flooding it must hold (docs/crypto.md); leave it empty"
+        )
+    if n < 2:
+        out.append("encryption.key_custody = 'threshold' needs federation.num_clients >= 2")
+    elif x.threshold and not 2 <= x.threshold <= n:
+        out.append(
+            f"encryption.threshold: must be in 2..{n} (the number of share holders, "
+            f"federation.num_clients), got {x.threshold}"
+        )
+    elif threshold_for(cfg) > cfg.clients_per_round:
+        # The server asks this round's contributors (and holders it met in earlier rounds): in
+        # round 1 it knows only those it sampled.
+        out.append(
+            f"encryption.threshold: T = {threshold_for(cfg)} exceeds the {cfg.clients_per_round}"
+            " clients sampled per round; raise federation.fraction_train or lower the threshold"
+        )
+    return out
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:

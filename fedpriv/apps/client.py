@@ -596,4 +596,10 @@ def make_client_app(settings: ClientSettings | None = None) -> ClientApp:
     def _evaluate(msg: Message, context: Context) -> Message:
         return handle_evaluate(msg, context, _settings(context))
 
+    @app.train("decrypt")
+    def _decrypt(msg: Message, context: Context) -> Message:
+        from fedpriv.apps.decrypt import handle_decrypt  # threshold custody only
+
+        return handle_decrypt(msg, context, _settings(context))
+
     return app

@@ -29,7 +29,10 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     from fedpriv.config import load_config
     from fedpriv.deploy.dealer import init_federation
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides or [])
+    if args.threshold is not None:
+        overrides += ["encryption.key_custody=threshold", f"encryption.threshold={args.threshold}"]
+    cfg = load_config(args.config, overrides)
     nodes = args.nodes or cfg.federation.num_clients
     r = init_federation(
         cfg,
@@ -48,11 +51,28 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     _out(
         f"  dealer key fingerprint {r.dealer_fingerprint}  (give it to every operator out of band)"
     )
-    _out(f"  {r.out / 'dealer'}: keep with the data owners (signing key, CA key, HE secret)")
-    _out(f"  {r.server_bundle}: copy to the server host (no HE secret)")
+    if r.threshold:
+        _out(
+            f"  threshold custody: {r.threshold} of {nodes} nodes decrypt together; the key was "
+            "Shamir-shared and erased, no file holds it whole"
+        )
+        _out(
+            f"  {r.out / 'dealer'}: keep with the data owners (signing key, CA key, mask key; no "
+            "share)"
+        )
+        _out(f"  {r.server_bundle}: copy to the server host (no share, no mask key)")
+    else:
+        _out(f"  {r.out / 'dealer'}: keep with the data owners (signing key, CA key, HE secret)")
+        _out(f"  {r.server_bundle}: copy to the server host (no HE secret)")
     for cid, path in r.client_bundles.items():
-        how = "HE secret sealed, relayed by the server" if cid in r.sealed else "HE secret inside"
+        what = "key share and mask key" if r.threshold else "HE secret"
+        how = f"{what} sealed, relayed by the server" if cid in r.sealed else f"{what} inside"
         _out(f"  {path}: copy to the device of {cid} ({how})")
+    if r.threshold and not r.sealed:
+        _out(
+            "  delete each client bundle here once it is on its device: together, any "
+            f"{r.threshold} of them hold the whole key"
+        )
     return 0
 
 
@@ -70,6 +90,12 @@ def cmd_keys_add_node(args: argparse.Namespace) -> int:
     _out(
         f"  {r.server_bundle}: re-signed; copy it to the server host, then `fedpriv server register`"
     )
+    if r.threshold:
+        _out(
+            "  threshold custody: the new node gets the mask key but no key share (it trains "
+            "and reads the global model, and is never asked to decrypt); to give it a share, "
+            "deal a new key with `fedpriv keys init --force`"
+        )
     if r.over_capacity:
         _out(
             f"  note: {r.num_nodes} nodes but the keys sum at most {r.max_clients} updates per "
@@ -185,6 +211,8 @@ def _device_policy(args: argparse.Namespace) -> Any:
         min_noise_multiplier=args.min_noise_multiplier,
         min_clients_per_aggregate=args.min_clients_per_aggregate,
         allowed_modes=args.allowed_modes.split(",") if args.allowed_modes else None,
+        allowed_custody=args.allowed_custody.split(",") if args.allowed_custody else None,
+        require_rebuilt_aggregate=args.require_rebuilt_aggregate or None,
     )
 
 
@@ -403,6 +431,14 @@ def add_deploy_commands(sub: Any) -> None:
         default=None,
         help="largest number of updates per round (default: max(nodes, clients per round))",
     )
+    ki.add_argument(
+        "--threshold",
+        type=int,
+        default=None,
+        metavar="T",
+        help="threshold custody: Shamir-share the HE secret, any T of the nodes decrypt together "
+        "(sets encryption.key_custody=threshold; 0 = a majority)",
+    )
     ki.add_argument("--force", action="store_true", help="replace a federation already in --out")
     ki.set_defaults(func=cmd_keys_init)
 
@@ -548,6 +584,17 @@ def add_deploy_commands(sub: Any) -> None:
         "--allowed-modes",
         default=None,
         help="comma-separated privacy modes this device takes part in (record,both,client)",
+    )
+    cst.add_argument(
+        "--allowed-custody",
+        default=None,
+        help="comma-separated key custodies this device takes part in (shared,threshold)",
+    )
+    cst.add_argument(
+        "--require-rebuilt-aggregate",
+        action="store_true",
+        help="threshold custody: partially decrypt only aggregates this device rebuilt from the"
+        " round's signed updates (closes a forged-aggregate attack; downloads every update)",
     )
     cst.add_argument(
         "--insecure-test-seed",

@@ -191,4 +191,10 @@ def make_deploy_client_app() -> ClientApp:
     def _query(msg: Message, context: Context) -> Message:
         return handle_relay_query(msg, context)
 
+    @app.train("decrypt")
+    def _decrypt(msg: Message, context: Context) -> Message:
+        from fedpriv.apps.decrypt import handle_decrypt  # threshold custody
+
+        return handle_decrypt(msg, context, ClientSettings.from_context(context))
+
     return app

@@ -33,6 +33,7 @@ from fedpriv.deploy.bundle import VerifiedBundle, check_pin, verify_bundle
 from fedpriv.deploy.clientapp import install_shim
 from fedpriv.deploy.pki import load_node_private, node_key_fingerprint
 from fedpriv.deploy.processes import ManagedProcess, flower_exe, free_port, parse_address
+from fedpriv.deploy.threshold import clear_threshold_keys, install_bundle_keys
 from fedpriv.deploy.warm import SOCKET_ENV
 from fedpriv.errors import ConfigError, CryptoError, DataError, RunFailedError, StateError
 from fedpriv.fileio import atomic_write_text
@@ -174,7 +175,9 @@ def prepare_client(
     if old_params.exists() and old_params.read_text(encoding="utf-8") != params_text:
         # Re-keyed federation: the old secret belongs to other parameters.
         (keys / "secret.key").unlink(missing_ok=True)
+        clear_threshold_keys(keys)
     atomic_write_text(old_params, params_text, mode=0o644)
+    threshold = install_bundle_keys(bundle, keys)  # threshold custody: share, mask key
     if bundle.has("secret.key"):
         data_bytes = bundle.path("secret.key").read_bytes()
         target = keys / "secret.key"
@@ -182,7 +185,11 @@ def prepare_client(
             from fedpriv.crypto import KeyHolder
 
             KeyHolder.from_bytes(data_bytes).save(target)
-    has_secret = (keys / "secret.key").exists() or bundle.meta.get("scheme") == "off"
+    has_secret = (
+        (keys / "secret.key").exists()
+        or bundle.meta.get("scheme") == "off"
+        or (threshold and (keys / "mask.key").exists())
+    )
     lines = {
         "keys-dir": str(keys),
         "state-dir": str(state),

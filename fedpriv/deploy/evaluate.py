@@ -43,15 +43,19 @@ def key_dir_for(
 
     if keys_dir is not None:
         return Path(keys_dir)
+    # Threshold custody: the mask key finishes the combined decryptions the run folder holds.
     if bundle is not None:
         b = verify_bundle(bundle, kind="client")
-        if b.has("secret.key"):
+        if b.has("secret.key") or b.has("mask.key"):
             return b.root
-    if state_dir is not None and (Path(state_dir) / "keys" / "secret.key").exists():
-        return Path(state_dir) / "keys"
+    if state_dir is not None:
+        keys = Path(state_dir) / "keys"
+        if (keys / "secret.key").exists() or (keys / "mask.key").exists():
+            return keys
     raise CryptoError(
-        "no HE secret found: give --bundle with a client bundle that holds secret.key, or "
-        "--state-dir of a device that received its sealed key, or --keys-dir"
+        "no HE secret found: give --bundle with a client bundle that holds secret.key (or, "
+        "threshold custody, mask.key), or --state-dir of a device that received its sealed "
+        "key, or --keys-dir (threshold custody: the dealer folder works too)"
     )
 
 

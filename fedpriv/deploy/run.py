@@ -88,6 +88,12 @@ def check_config_fits(cfg: RunConfig, params_path: Path, registered: int | None)
             f"encryption.scheme={cfg.encryption.scheme!r} but the bundle's keys are for "
             f"{params.scheme!r}"
         )
+    custody = str(getattr(params, "custody", "shared"))
+    if cfg.he_on and custody != cfg.encryption.key_custody:
+        errors.append(
+            f"encryption.key_custody={cfg.encryption.key_custody!r} but the bundle's keys are "
+            f"for {custody!r} custody (set --set encryption.key_custody={custody})"
+        )
     per_round = cfg.clients_per_round
     if per_round > params.max_clients:
         errors.append(

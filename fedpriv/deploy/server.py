@@ -359,7 +359,8 @@ def start_server(
     """
     bundle = verify_bundle(bundle_dir, kind="server")
     for rel in bundle.meta["files"]:
-        if Path(rel).name in ("secret.key", "he_secret.key"):
+        # (threshold custody: a key share or the clients' mask key)
+        if Path(rel).name in ("secret.key", "he_secret.key", "he_share.fpkey", "mask.key"):
             raise CryptoError(
                 f"server bundle {bundle.root} contains {rel}: the server must never hold the HE "
                 "secret. Use the server/ folder `fedpriv keys init` wrote"

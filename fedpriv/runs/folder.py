@@ -7,7 +7,10 @@
       metrics.json               per round: accuracy, loss, per-client epsilon, bytes up/down
       privacy_ledger.jsonl       one hash-chained line per client per round it was asked to train
       egress.jsonl               every message a client sent: kind, bytes, sha256, encrypted, DP
-      globals/round_NNN.bin      the encrypted global model after each round (server-side view)
+      globals/round_NNN.bin      the encrypted global model after each round (server-side view;
+                                 threshold custody: the masked combined decryption clients finish)
+      globals/round_NNN.aggregate.bin  threshold custody: the aggregate ciphertext T clients decrypted
+      decryption.jsonl           threshold custody: every partial-decryption reply, signed
       model.safetensors          final global model as the clients decrypt it (no pickle)
       keys/                      simulation only: the key dealer's output (see fedpriv.keys)
       clients/<id>/              simulation only: each client's persistent privacy state
@@ -57,6 +60,15 @@ class RunDir:
 
     def global_blob(self, server_round: int) -> Path:
         return self.root / "globals" / f"round_{server_round:03d}.bin"
+
+    def aggregate_blob(self, server_round: int) -> Path:
+        """Threshold custody: the round's aggregate ciphertext (``global_blob`` is its masked
+        combined decryption)."""
+        return self.root / "globals" / f"round_{server_round:03d}.aggregate.bin"
+
+    @property
+    def decryption_journal(self) -> Path:
+        return self.root / "decryption.jsonl"
 
     def client_state(self, client_id: str) -> Path:
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in client_id)

@@ -104,6 +104,7 @@ def render_identification(r: Mapping[str, Any]) -> str:
 
 def build_roles(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
     he, sim, opts = f.he_on, f.simulation, f.options
+    threshold = f.config.get("encryption", {}).get("key_custody") == "threshold"
     parties = [
         {
             "role": "controller",
@@ -127,9 +128,15 @@ def build_roles(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
         {
             "role": "data owners (clients)",
             "who": f"{len({e.get('client_id') for e in f.ledger.entries})} sites, one per client id",
-            "holds": "their own records (never sent), the shared HE secret key, their privacy state"
+            "holds": (
+                "their own records (never sent), one share of the HE secret and the federation's"
+                " mask key, their privacy state and policy"
+                if threshold
+                else "their own records (never sent), the shared HE secret key, their privacy state"
+                " and policy"
+            )
             if he
-            else "their own records (never sent) and their privacy state",
+            else "their own records (never sent), their privacy state and policy",
             "can_see": "every decrypted global model" if he else "every global model",
         },
         {
