@@ -83,7 +83,7 @@ def test_no_server_or_dealer_file_holds_a_share(bundled: DealResult) -> None:
 
 def test_server_refuses_a_bundle_that_holds_a_share(bundled: DealResult, tmp_path: Path) -> None:
     from fedpriv.deploy.dealer import _Dealer
-    from fedpriv.deploy.server import start_superlink
+    from fedpriv.deploy.server import start_server
 
     src = verify_bundle(bundled.server_bundle, kind="server")
     files = {
@@ -105,7 +105,7 @@ def test_server_refuses_a_bundle_that_holds_a_share(bundled: DealResult, tmp_pat
         dealer=_Dealer(bundled.out).signing_key(),
     )
     with pytest.raises(CryptoError, match="must never hold"):
-        start_superlink(bad, address="127.0.0.1:1", state_dir=tmp_path / "state")
+        start_server(bad, address="127.0.0.1:1", state_dir=tmp_path / "state")
 
 
 def test_client_start_installs_share_and_mask_key(bundled: DealResult, tmp_path: Path) -> None:
