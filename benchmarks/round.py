@@ -207,7 +207,7 @@ def run_setting(
     from fedpriv.data import load_dataset
     from fedpriv.keys import deal_keys
     from fedpriv.models import build_model, num_params
-    from fedpriv.simulation import partition_sizes
+    from fedpriv.runs.prepare import partition_sizes
     from fedpriv.strategy.core import EncryptedFedAvg
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1

@@ -137,8 +137,8 @@ def cmd_server_start(args: argparse.Namespace) -> int:
 
 def cmd_server_register(args: argparse.Namespace) -> int:
     from fedpriv.deploy.bundle import verify_bundle
-    from fedpriv.deploy.processes import FlwrCli
     from fedpriv.deploy.server import ServerState, default_server_state, register_nodes
+    from fedpriv.runs.flwr_cli import FlwrCli
 
     bundle = verify_bundle(args.bundle, kind="server")
     state = ServerState(Path(args.state_dir or default_server_state(bundle)).expanduser().resolve())
@@ -207,19 +207,22 @@ def cmd_client_start(args: argparse.Namespace) -> int:
 
 def cmd_client_evaluate(args: argparse.Namespace) -> int:
     from fedpriv.config import load_config
-    from fedpriv.deploy.evaluate import evaluate_run, key_dir_for
+    from fedpriv.runs.evaluate import evaluate_run
+    from fedpriv.runs.keys import key_dir_for
 
     key_dir = key_dir_for(bundle=args.bundle, state_dir=args.state_dir, keys_dir=args.keys_dir)
     cfg = load_config(args.config, args.overrides) if args.config else None
-    res = evaluate_run(args.run_dir, key_dir, cfg=cfg, data=args.data, out=args.out)
+    res = evaluate_run(args.run_dir, key_dir, config=cfg, data=args.data, out=args.out)
     for r in res.rounds:
-        acc = r.get("heldout_accuracy")
         _out(
-            f"round {r['round']}: held-out accuracy "
-            + (f"{acc:.4f}" if acc is not None else "-")
-            + f"  ({r.get('accepted')}/{r.get('sampled')} updates)"
+            f"round {r.round}: held-out accuracy "
+            + (f"{r.accuracy:.4f}" if r.accuracy is not None else "-")
+            + f"  ({r.accepted}/{r.sampled} updates)"
         )
-    _out(f"evaluated on {res.heldout_examples} held-out examples; outputs in {res.out}")
+    _out(
+        f"evaluated on {res.metrics.get('heldout_examples')} held-out examples; outputs in "
+        f"{res.run_dir}"
+    )
     return 0
 
 
@@ -276,10 +279,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if m.get("stop_reason"):
         _out(f"stopped early: {m['stop_reason']}")
     if args.evaluate_bundle or args.evaluate_keys:
-        from fedpriv.deploy.evaluate import evaluate_run, key_dir_for
+        from fedpriv.runs.evaluate import evaluate_run
+        from fedpriv.runs.keys import key_dir_for
 
         key_dir = key_dir_for(bundle=args.evaluate_bundle, keys_dir=args.evaluate_keys)
-        res = evaluate_run(outcome.run_dir, key_dir, cfg=cfg)
+        res = evaluate_run(outcome.run_dir, key_dir, config=cfg)
         _out(
             "held-out accuracy (decrypted by the key holder): "
             + (f"{res.final_accuracy:.4f}" if res.final_accuracy is not None else "-")

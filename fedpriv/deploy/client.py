@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import IO
 
 from fedpriv.deploy.bundle import VerifiedBundle, check_pin, verify_bundle
-from fedpriv.deploy.clientapp import install_shim
 from fedpriv.deploy.pki import load_node_private, node_key_fingerprint
 from fedpriv.deploy.processes import ManagedProcess, flower_exe, free_port, parse_address
-from fedpriv.deploy.warm import SOCKET_ENV
+from fedpriv.deploy.warm import SOCKET_ENV, install_shim
 from fedpriv.errors import ConfigError, CryptoError, DataError, RunFailedError, StateError
 from fedpriv.fileio import atomic_write_text
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from fedpriv.deploy.bundle import VerifiedBundle, check_pin, verify_bundle
 from fedpriv.deploy.pki import verify_server_cert
 from fedpriv.deploy.processes import (
-    FlwrCli,
     ManagedProcess,
     flower_exe,
     parse_address,
@@ -30,6 +29,7 @@ from fedpriv.deploy.processes import (
 )
 from fedpriv.errors import CryptoError, FedprivError, RunFailedError
 from fedpriv.fileio import atomic_write_text
+from fedpriv.runs.flwr_cli import FlwrCli
 
 __all__ = [
     "DEFAULT_ADDRESS",
