@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -242,30 +241,45 @@ def _round_line(r: dict[str, Any]) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from fedpriv.config import load_config
     from fedpriv.deploy.run import submit_run
+    from fedpriv.errors import ConfigError, RunInterrupted
+    from fedpriv.runs import check_run_dir, default_run_dir
 
-    def _term(_sig: int, _frame: Any) -> None:  # stop the submitted run and clean up, as on Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
-    cfg = load_config(args.config, args.overrides)
+    if args.resume:
+        if args.config is not None or args.overrides:
+            raise ConfigError("--resume continues a run with its own config: drop --config/--set")
+        if args.out is None:
+            raise ConfigError("--resume needs --out RUN_DIR (the folder of the interrupted run)")
+        cfg = load_config(check_run_dir(args.out, resume=True) / "config.toml")
+    else:
+        cfg = load_config(args.config, args.overrides)
+    out = args.out or default_run_dir(cfg.name)
     _out(
         f"fedpriv run '{cfg.name}': {cfg.federation.num_clients} clients, {cfg.rounds} rounds, "
         f"DP={cfg.privacy.mode}, encryption={cfg.encryption.scheme} -> {args.superlink}"
+        + (" (resumed)" if args.resume else "")
     )
-    outcome = submit_run(
-        args.superlink,
-        args.bundle,
-        cfg,
-        run_dir=args.out,
-        server_state=args.server_state,
-        dealer_fingerprint=args.dealer_fingerprint,
-        remote_bundle=args.remote_bundle,
-        relay=not args.no_relay,
-        node_wait_s=args.node_wait,
-        timeout_s=args.timeout,
-        progress=lambda r: _out(_round_line(r)),
-        on_submitted=lambda task, rid: _out(f"submitted {task} run {rid}"),
-    )
+    try:
+        outcome = submit_run(
+            args.superlink,
+            args.bundle,
+            cfg,
+            run_dir=out,
+            server_state=args.server_state,
+            dealer_fingerprint=args.dealer_fingerprint,
+            remote_bundle=args.remote_bundle,
+            relay=not args.no_relay,
+            node_wait_s=args.node_wait,
+            timeout_s=args.timeout,
+            progress=lambda r: _out(_round_line(r)),
+            on_submitted=lambda task, rid: _out(f"submitted {task} run {rid}"),
+            resume=args.resume,
+        )
+    except KeyboardInterrupt:
+        raise RunInterrupted(
+            "the run was stopped on the SuperLink; continue it with `fedpriv run --resume "
+            f"--out {out} --superlink {args.superlink} --bundle {args.bundle}`",
+            out,
+        ) from None
     if outcome.relay:
         _out(
             "sealed keys relayed: "
@@ -498,6 +512,12 @@ def add_deploy_commands(sub: Any) -> None:
         "--remote-bundle",
         default=None,
         help="the server bundle's path on the SuperLink host, if different",
+    )
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out from its last server checkpoint (its own "
+        "config; no --config/--set)",
     )
     r.add_argument(
         "--no-relay", action="store_true", help="do not relay sealed keys before training"
