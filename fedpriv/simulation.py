@@ -13,6 +13,7 @@ continues it from the last complete round, and clients keep the privacy budget t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -209,7 +210,9 @@ def _run_python_engine(
 
     from fedpriv.apps import ClientSettings, ServerSettings, make_client_app
     from fedpriv.apps.server import run_server
-    from fedpriv.runs.stoppable import StoppableGrid
+    from fedpriv.deploy.processes import descendants
+    from fedpriv.runs.interrupt import graceful_stop, reap
+    from fedpriv.runs.stoppable import GridStopped, StoppableGrid
 
     def on_round(_rec: Any) -> None:
         if progress is not None:
@@ -228,26 +231,42 @@ def _run_python_engine(
 
     @server_app.main()
     def _main(grid: Grid, _context: Context) -> None:
-        run_server(StoppableGrid(grid, stop), settings)
+        # A stopped ServerApp returns normally: Flower's engine then winds down at once
+        # (an exception here would cost a 3 s wait inside Flower).
+        with contextlib.suppress(GridStopped):
+            run_server(StoppableGrid(grid, stop), settings)
 
     if client_app is None:
         client_app = make_client_app(
             ClientSettings(rd.client_keys.resolve(), (rd.root / "clients").resolve())
         )
+    ray_procs: list[int] = []
+
+    def remember_ray() -> None:  # while they are still our descendants
+        ray_procs.extend(descendants(os.getpid()))
+
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=cfg.federation.num_clients,
-            backend_config=_backend_config(cfg),
-        )
+        with graceful_stop(stop, on_stop=remember_ray):
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=cfg.federation.num_clients,
+                backend_config=_backend_config(cfg),
+            )
     except KeyboardInterrupt:
         stop.set()  # the ServerApp thread stops at its next poll
+        if not ray_procs:
+            remember_ray()
+        _shutdown_ray()
+        reap(ray_procs)
         raise
     except FedprivError:
         raise
     except Exception as exc:
         raise RunFailedError(f"simulation failed: {exc}") from exc
+    if stop.is_set():  # a Ctrl-C the engine wound down from by itself
+        reap(ray_procs)
+        raise KeyboardInterrupt
 
 
 def _run_flwr_engine(

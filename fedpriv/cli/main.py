@@ -123,7 +123,20 @@ class _ErrorsOnly(logging.Filter):
         return record.levelno >= logging.ERROR
 
 
+def _interrupted(code: int, *, program: bool) -> int:
+    """Exit an interrupted program at once. Everything it wrote is on disk (atomic, fsynced);
+    what is left are third-party threads and native teardown (Ray's, torch's), which can wait
+    on services that are gone or take seconds: not worth keeping a stopped user waiting.
+    In-process callers (``main([...])``) get the exit code instead."""
+    if program:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``fedpriv`` program (``argv`` None: ``sys.argv``); returns the exit code."""
     from fedpriv.errors import RunInterrupted
     from fedpriv.runs.interrupt import EXIT_INTERRUPTED, sigint_guard
 
@@ -135,13 +148,13 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(args))
         except RunInterrupted as exc:
             print(f"interrupted: {exc}", file=sys.stderr)
-            return exc.exit_code
+            return _interrupted(exc.exit_code, program=argv is None)
         except FedprivError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return exc.exit_code
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return _interrupted(EXIT_INTERRUPTED, program=argv is None)
 
 
 if __name__ == "__main__":  # pragma: no cover
