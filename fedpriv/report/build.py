@@ -318,6 +318,8 @@ def _identification(rec: RunRecords, run_id: str) -> dict[str, Any]:
 def _roles(rec: RunRecords, opts: BuildOptions) -> dict[str, Any]:
     he = rec.he_on
     sim = rec.simulation
+    # `flwr run` without keys-dir: the ServerApp dealt the keys, so the server held the secret
+    dealer = str(rec.metrics.get("key_dealer") or "")
     parties = [
         {
             "role": "controller",
@@ -328,9 +330,13 @@ def _roles(rec: RunRecords, opts: BuildOptions) -> dict[str, Any]:
         {
             "role": "server operator (aggregator)",
             "who": "the party running the Flower ServerApp",
-            "holds": "public encryption parameters only (keys/server); no secret key"
-            if he
-            else "nothing secret: encryption was off",
+            "holds": (
+                "in this run also the HE secret: " + dealer
+                if he and dealer
+                else "public encryption parameters only (keys/server); no secret key"
+                if he
+                else "nothing secret: encryption was off"
+            ),
             "can_see": (
                 "encrypted updates and their sizes, the encrypted running sum, plaintext"
                 " training and evaluation metrics"
@@ -348,9 +354,12 @@ def _roles(rec: RunRecords, opts: BuildOptions) -> dict[str, Any]:
         },
         {
             "role": "key dealer",
-            "who": "fedpriv simulate (acting for the data owners)"
-            if sim
-            else "whoever ran `fedpriv keys init` for the data owners",
+            "who": dealer
+            or (
+                "fedpriv simulate (acting for the data owners)"
+                if sim
+                else "whoever ran `fedpriv keys init` for the data owners"
+            ),
             "holds": "created the HE secret and handed it to the clients only" if he else "nothing",
             "can_see": "what a client sees",
         },
@@ -539,6 +548,12 @@ def _encryption(rec: RunRecords) -> dict[str, Any]:
                 "party": "server operator",
                 "holds": "public parameters only (keys/server/params.json)",
                 "can_decrypt": "nothing: it adds ciphertexts without a secret key",
+            }
+            if not rec.metrics.get("key_dealer")
+            else {
+                "party": "server operator",
+                "holds": "the HE secret as well: " + str(rec.metrics["key_dealer"]),
+                "can_decrypt": "everything it received, in this run",
             },
             {
                 "party": "each client (data owner)",

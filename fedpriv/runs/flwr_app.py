@@ -13,6 +13,7 @@ writes the privacy report, which records that the ServerApp dealt (and so held) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -83,13 +84,15 @@ def run_flwr_server(grid: Grid, context: Context, *, deal_keys: bool = True) -> 
         cfg = _config(rc, rd)
         prep = None
         if self_dealt:
+            if not rc.resume:
+                cfg = _fit_federation(cfg, grid)
             prep = _deal_into_run_folder(cfg, rd, resume=rc.resume)
         elif not rd.config.exists():
             rd.root.mkdir(parents=True, exist_ok=True)
             write_config(cfg, rd.root)
         _say(f"run folder {rd.root.resolve()}" + (" (resumed)" if rc.resume else ""))
         t0 = time.perf_counter()
-        strategy = run_server(grid, server_settings(context))
+        strategy = run_server(grid, dataclasses.replace(server_settings(context), config=cfg))
         if self_dealt:
             from fedpriv.report import write_report
             from fedpriv.runs.evaluate import evaluate_run
@@ -132,3 +135,29 @@ def _deal_into_run_folder(cfg: RunConfig, rd: RunDir, *, resume: bool) -> Prepar
         deal_run_keys(prep, rd)
         _say(f"no keys-dir given: simulation keys dealt into {rd.keys.resolve()}")
     return prep
+
+
+def _fit_federation(cfg: RunConfig, grid: Grid) -> RunConfig:
+    """Size the experiment to the simulated federation (``flwr run .`` with Flower's default of
+    2 SuperNodes), and say how to run it at full size."""
+    sizes: list[int] = []
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:  # the engine registers its nodes as the app starts
+        sizes.append(len(list(grid.get_node_ids())))
+        if sizes[-1] and len(sizes) >= 3 and sizes[-1] == sizes[-3]:
+            break
+        time.sleep(0.25)
+    nodes, want = sizes[-1], cfg.federation.num_clients
+    if nodes == 0 or nodes == want:
+        return cfg
+    _say(
+        f"the federation has {nodes} SuperNodes, the experiment {want} clients: running it "
+        f"with {nodes} (for all {want}: flwr run . --federation-config num-supernodes={want})"
+    )
+    f = cfg.federation
+    return cfg.replace(
+        federation={
+            "num_clients": nodes,
+            "min_train_clients": f.min_train_clients if f.min_train_clients <= nodes else 0,
+        }
+    )
