@@ -114,11 +114,11 @@ class FlowerRunConfig:
             e.append(f"run config node-wait-s: must be > 0, got {self.node_wait_s}")
         if self.resume and not self.run_dir:
             e.append("run config resume=true needs run-dir (the run folder to continue)")
-        try:
-            self.allowed_node_ids()
-            self.node_ids()
-        except ConfigError as exc:
-            e.extend(exc.errors)
+        for parse in (self.allowed_node_ids, self.node_ids):
+            try:
+                parse()
+            except ConfigError as exc:
+                e.extend(exc.errors)
         return e
 
     # ------------------------------------------------------------------ writing
