@@ -261,11 +261,13 @@ def wait_for_run(
     timeout: float,
     poll: float = 2.0,
     on_poll: Callable[[], None] | None = None,
+    stop_on_interrupt: bool = True,
 ) -> str:
     """Poll a run's status until it is ``finished:*``; return that status.
 
     On timeout the run is stopped and :class:`RunFailedError` raised; on Ctrl-C it is stopped
-    and the ``KeyboardInterrupt`` re-raised.
+    (unless ``stop_on_interrupt`` is False: the caller stops the whole SuperLink) and the
+    ``KeyboardInterrupt`` re-raised.
     """
     deadline = time.monotonic() + timeout
     status = ""
@@ -287,7 +289,8 @@ def wait_for_run(
                 )
             time.sleep(poll)
     except KeyboardInterrupt:
-        cli.stop_run(run_id, timeout=5.0)
+        if stop_on_interrupt:
+            cli.stop_run(run_id, timeout=5.0)
         raise
 
 
@@ -333,7 +336,9 @@ def flwr_run_local(
             fed["client-resources-num-cpus"] = client_cpus
         run_id = cli.submit(project_dir, rc_path, federation_config=fed)
         try:
-            status = wait_for_run(cli, run_id, timeout=timeout, poll=poll, on_poll=on_poll)
+            status = wait_for_run(
+                cli, run_id, timeout=timeout, poll=poll, on_poll=on_poll, stop_on_interrupt=False
+            )
         except KeyboardInterrupt:
             interrupted = True
             raise

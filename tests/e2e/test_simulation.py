@@ -159,17 +159,6 @@ def test_budget_refusal_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
         assert prev and math.isclose(e["epsilon"], prev[-1]["epsilon"])
 
 
-@pytest.mark.slow
-def test_flwr_run_engine_completes_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    """`flwr run .` on the project (our server/ and clients/ apps) through a local SuperLink."""
-    cfg = load_config(
-        None, ["name=viaflwr", "rounds=2", "federation.num_clients=3", "train.model=logreg"]
-    )
-    res = simulate(cfg, tmp_path / "f", engine="flwr")
-    assert res.metrics["engine"] == "flwr" and len(res.metrics["rounds"]) == 2
-    assert res.final_accuracy is not None and res.final_accuracy > 0.3
-
-
 def test_flwr_run_engine_reports_a_failed_run(tmp_path: Path) -> None:
     """A run whose ServerApp fails must come back as a failure, not Flower's exit 0."""
     from fedpriv.errors import RunFailedError
