@@ -32,8 +32,8 @@ __all__ = ["RoundDisplay", "print_summary", "run_header"]
 def run_header(cfg: RunConfig, *, what: str = "fedpriv simulate") -> str:
     dp = "off" if cfg.privacy.mode == "off" else f"{cfg.privacy.mode}-level"
     return (
-        f"{what} '{cfg.name}': {cfg.federation.num_clients} clients, {cfg.rounds} rounds, "
-        f"{cfg.data.dataset} ({cfg.data.partitioner}), DP {dp}, "
+        f"{what} '{cfg.name}': {cfg.federation.num_clients} clients, {cfg.rounds} rounds\n"
+        f"  data {cfg.data.dataset} ({cfg.data.partitioner}), DP {dp}, "
         f"encryption {cfg.encryption.scheme}"
     )
 

@@ -39,7 +39,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
     console = Console(highlight=False)
-    console.print(run_header(cfg) + (" (resumed)" if args.resume else ""), soft_wrap=True)
+    console.print(run_header(cfg) + (" (resumed)" if args.resume else ""))
     with RoundDisplay(console, cfg, quiet=args.quiet) as show:
         result = simulate(
             cfg,
