@@ -1,13 +1,10 @@
 """Flower's own CLI: `flwr run .` in the project root, and `fedpriv simulate --engine flwr`.
 
-* `flwr run .` with no keys-dir runs out of the box: the ServerApp deals simulation keys into
-  the run folder, prints where it is, and the run ends `finished:completed` with a report that
-  says the ServerApp dealt (and held) the keys; a run whose ServerApp fails ends
-  `finished:failed` and says so in its log. The experiment is the default one made small with
-  `--run-config 'fedpriv-config="small.toml"'` (below): 2 rounds of the logistic-regression model
-  with a fixed noise multiplier; Flower's default federation (2 simulated SuperNodes) sizes it.
-  `flwr run` gets a private FLWR_HOME and ports (never the user's own local SuperLink) and
-  nothing else: runtime dependency installation stays on, as for a new user.
+* `flwr run .`: a run whose ServerApp fails ends `finished:failed` and says so in its log
+  (out of the box success: the README's `flwr run .` in
+  tests/integration/test_documented_commands.py). `flwr run` gets a private FLWR_HOME and ports
+  (never the user's own local SuperLink) and nothing else: runtime dependency installation stays
+  on, as for a new user.
 * `fedpriv simulate --engine flwr`: Ctrl-C stops the run within 10 s with no Flower or Ray
   process left; `--engine flwr --resume` completes it.
 """
@@ -32,18 +29,6 @@ from tests.e2e.test_interrupt import Run, no_process_left, wait_for_round
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL_TOML = """\
-name = "small"
-rounds = 2
-
-[train]
-model = "logreg"
-local_epochs = 1
-
-[privacy]
-noise_multiplier = 1.0
-accountant = "rdp"
-"""
 
 
 def _flwr(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -64,13 +49,12 @@ def _status(env: dict[str, str], run_id: str) -> str:
     return str(doc["runs"][0]["status"])
 
 
-def test_flwr_run_dot_runs_out_of_the_box_and_reports_failures(tmp_path: Path) -> None:
-    from fedpriv.report import verify_run
-
+def test_flwr_run_dot_reports_a_failed_run_as_failed(tmp_path: Path) -> None:
+    """`flwr run .` exits 0 even when the ServerApp fails: the log says FAILED and why, and the
+    run ends `finished:failed`. (A run that succeeds out of the box: the README's `flwr run .`
+    in tests/integration/test_documented_commands.py.)"""
     mark = uuid.uuid4().hex
     home = tmp_path / "flwr-home"
-    small = tmp_path / "small.toml"
-    small.write_text(SMALL_TOML)
     env = {
         k: v for k, v in os.environ.items() if k != "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"
     }
@@ -81,23 +65,6 @@ def test_flwr_run_dot_runs_out_of_the_box_and_reports_failures(tmp_path: Path) -
         "FEDPRIV_TEST_MARK": mark,
     }
     try:
-        ok = _flwr(["run", ".", "--run-config", f'fedpriv-config="{small}"', "--stream"], env, 900)
-        text = ok.stdout + ok.stderr
-        run_id = re.search(r"Successfully started run (\d+)", text)
-        assert run_id, text[-3000:]
-        assert "fedpriv: no keys-dir given: simulation keys dealt into" in text, text[-3000:]
-        found = re.search(r"fedpriv: run folder (\S+)", text)
-        assert found and "fedpriv: run complete: 2 rounds" in text, text[-3000:]
-        assert _status(env, run_id.group(1)) == "finished:completed"
-        run_dir = Path(found.group(1))
-        m = json.loads((run_dir / "metrics.json").read_text())
-        assert m["engine"] == "flwr run" and len(m["rounds"]) == 2
-        assert m["rounds"][-1]["heldout_accuracy"] > 0.3
-        report = json.loads((run_dir / "privacy_report.json").read_text())
-        dealer = next(p for p in report["roles"]["parties"] if p["role"] == "key dealer")
-        assert "the ServerApp of `flwr run`" in dealer["who"]
-        assert verify_run(run_dir).ok
-
         bad = _flwr(
             ["run", ".", "--run-config", f'fedpriv-config="{tmp_path}/none.toml"', "--stream"],
             env,
@@ -106,6 +73,7 @@ def test_flwr_run_dot_runs_out_of_the_box_and_reports_failures(tmp_path: Path) -
         text = bad.stdout + bad.stderr
         failed = re.search(r"Successfully started run (\d+)", text)
         assert failed and "fedpriv: run FAILED (ConfigError, exit code 2)" in text, text[-3000:]
+        assert "none.toml: config file not found" in text
         assert _status(env, failed.group(1)) == "finished:failed"
     finally:
         stop_processes_matching(str(home))
