@@ -292,6 +292,9 @@ def _run_flwr_engine(
 
 
 def _backend_config(cfg: RunConfig) -> dict[str, Any]:
+    # CPU-only clients: Ray's future default (leave the accelerator variables alone), which also
+    # silences the FutureWarning it prints on every start
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if cfg.simulation.ray_address:
         init = {"address": cfg.simulation.ray_address}
