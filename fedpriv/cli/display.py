@@ -167,8 +167,7 @@ def _epsilon_table(res: RunResult, width: int) -> tuple[Table, str]:
     note = ""
     if len(shown) < len(res.rounds):
         note = (
-            f"rounds 1-{shown[0].round - 1} not shown (width {width}); every round is in "
-            "metrics.json"
+            f"rounds 1-{shown[0].round - 1} not shown at {width} columns; all are in metrics.json"
         )
     return t, note
 
@@ -202,10 +201,10 @@ def print_summary(console: Console, res: RunResult) -> None:
         table, note = _epsilon_table(res, console.width)
         console.print(table)
         console.print(
-            "* refused to train: the round would have exceeded the client's budget"
-            + (f"; {note}" if note else ""),
-            style="dim",
+            "* refused to train: the round would have exceeded the client's budget", style="dim"
         )
+        if note:
+            console.print(note, style="dim")
     acc = res.final_accuracy
     secs = res.wall_seconds
     console.print(
