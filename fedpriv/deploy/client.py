@@ -52,7 +52,7 @@ CONNECTED_MARKER = re.compile(r"SuperNode ID:\s*(\d+)")
 
 def default_client_state(bundle: VerifiedBundle) -> Path:
     """``$FEDPRIV_HOME/<client-id>-<federation>``."""
-    from fedpriv.deploy.server import fedpriv_home
+    from fedpriv.fileio import fedpriv_home
 
     return fedpriv_home() / f"{bundle.meta['client_id']}-{bundle.federation[:16]}"
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from fedpriv.deploy.processes import (
     wait_for_port,
 )
 from fedpriv.errors import CryptoError, FedprivError, RunFailedError
-from fedpriv.fileio import atomic_write_text
+from fedpriv.fileio import atomic_write_text, fedpriv_home
 from fedpriv.runs.flwr_cli import FlwrCli
 
 __all__ = [
@@ -42,11 +41,6 @@ __all__ = [
 log = logging.getLogger("fedpriv.deploy.server")
 DEFAULT_ADDRESS = "127.0.0.1:9092"
 _ANY = {"0.0.0.0", "::", ""}
-
-
-def fedpriv_home() -> Path:
-    """``$FEDPRIV_HOME`` or ``~/.fedpriv``."""
-    return Path(os.environ.get("FEDPRIV_HOME", "~/.fedpriv")).expanduser()
 
 
 def default_server_state(bundle: VerifiedBundle) -> Path:

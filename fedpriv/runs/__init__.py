@@ -5,7 +5,7 @@ module                    holds
 ========================  =====================================================================
 ``folder``                :class:`RunDir` (the run folder's layout), :func:`default_run_dir`,
                           :func:`check_run_dir` (``--out`` checked before anything is written),
-                          :func:`write_config`, :func:`fedpriv_home`
+                          :func:`write_config`
 ``prepare``               :func:`prepare_run` (data, partitions, model, value range: every
                           check before a folder exists), :func:`deal_run_keys`
 ``keys``                  finding and loading key material (:func:`load_codec`,

@@ -17,23 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedpriv.errors import ConfigError
-from fedpriv.fileio import atomic_write_text
+from fedpriv.fileio import atomic_write_text, fedpriv_home
 
 if TYPE_CHECKING:
     from fedpriv.config import RunConfig
 
-__all__ = ["RunDir", "check_run_dir", "default_run_dir", "fedpriv_home", "write_config"]
-
-
-def fedpriv_home() -> Path:
-    """``$FEDPRIV_HOME`` or ``~/.fedpriv``: per-user state that stays out of run folders."""
-    return Path(os.environ.get("FEDPRIV_HOME", "") or "~/.fedpriv").expanduser()
+__all__ = ["RunDir", "check_run_dir", "default_run_dir", "write_config"]
 
 
 def default_run_dir(name: str = "run", *, run_id: int | None = None) -> Path:
