@@ -30,7 +30,7 @@ from fedpriv.runs.folder import RunDir, check_run_dir, default_run_dir, write_co
 from fedpriv.runs.prepare import PreparedRun, deal_run_keys, partition_sizes, prepare_run
 from fedpriv.runs.result import RoundResult, RunResult, round_result
 
-__all__ = ["ENGINES", "RunResult", "partition_sizes", "simulate"]
+__all__ = ["ENGINES", "RunResult", "partition_sizes", "project_folder", "simulate"]
 
 log = logging.getLogger("fedpriv.simulation")
 
@@ -87,7 +87,7 @@ def simulate(
         raise ConfigError(f"engine {engine!r}: use {' or '.join(ENGINES)}")
     project_dir = None
     if engine == "flwr":
-        project_dir = _project_dir(Path(project) if project is not None else None)
+        project_dir = project_folder(Path(project) if project is not None else None)
         if client_app is not None:
             raise ConfigError("client_app replaces the in-process ClientApp: use engine='python'")
     elif project is not None:
@@ -159,7 +159,7 @@ def _interrupted(cfg: RunConfig, rd: RunDir) -> RunInterrupted:
     )
 
 
-def _project_dir(given: Path | None) -> Path:
+def project_folder(given: Path | None) -> Path:
     """The folder holding pyproject.toml with the Flower app table (server/ and clients/)."""
     cand = given or Path(__file__).resolve().parents[1]
     if not ((cand / "pyproject.toml").exists() and (cand / "server" / "app.py").exists()):

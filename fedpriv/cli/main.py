@@ -38,6 +38,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         cfg = load_config(check_run_dir(args.out, resume=True) / "config.toml")
     else:
         cfg = load_config(args.config, args.overrides)
+        if args.out is not None:
+            check_run_dir(args.out)  # argument mistakes before the header (simulate checks again)
+    if args.engine == "flwr":
+        from fedpriv.simulation import project_folder
+
+        project_folder(args.project)
     console = Console(highlight=False)
     console.print(run_header(cfg) + (" (resumed)" if args.resume else ""))
     with RoundDisplay(console, cfg, quiet=args.quiet) as show:

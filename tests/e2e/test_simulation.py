@@ -164,12 +164,12 @@ def test_flwr_run_engine_reports_a_failed_run(tmp_path: Path) -> None:
     from fedpriv.errors import RunFailedError
     from fedpriv.runs import FlowerRunConfig
     from fedpriv.runs.flwr_cli import flwr_run_local
-    from fedpriv.simulation import _project_dir
+    from fedpriv.simulation import project_folder
 
     with pytest.raises(RunFailedError, match="failed"):
         # a key folder that does not exist: the ServerApp cannot load public parameters
         flwr_run_local(
-            _project_dir(None),
+            project_folder(None),
             FlowerRunConfig(keys_dir=str(tmp_path / "nokeys"), run_dir=str(tmp_path / "r")),
             num_supernodes=2,
             timeout=300,
