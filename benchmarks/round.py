@@ -230,7 +230,7 @@ def run_setting(
     from fedpriv.keys import deal_keys
     from fedpriv.models import build_model, num_params
     from fedpriv.protocol import request_json
-    from fedpriv.simulation import partition_sizes
+    from fedpriv.runs.prepare import partition_sizes
     from fedpriv.strategy.core import EncryptedFedAvg
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1

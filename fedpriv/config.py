@@ -186,7 +186,7 @@ class SimulationConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The whole experiment. Immutable; derive variants with :func:`apply_overrides`."""
+    """The whole experiment. Immutable; derive validated variants with :meth:`replace`."""
 
     name: str = "default"
     seed: int = 0
@@ -222,6 +222,40 @@ class RunConfig:
     def he_on(self) -> bool:
         return self.encryption.scheme != "off"
 
+    def replace(self, **changes: Any) -> RunConfig:
+        """A validated copy with ``changes``: top-level keys, whole sections as dicts (merged
+        into the section), or dotted keys passed as a dict.
+
+        ``cfg.replace(rounds=3, privacy={"target_epsilon": 3})`` and
+        ``cfg.replace(**{"privacy.target_epsilon": 3})`` are the same change.
+
+        Raises
+        ------
+        ConfigError
+            Listing every invalid key and value (the copy is validated like a TOML file).
+        """
+        raw = config_to_dict(self)
+        errors: list[str] = []
+        for key, value in changes.items():
+            *path, last = key.split(".")
+            node = raw
+            for part in path:
+                nxt = node.get(part)
+                if not isinstance(nxt, dict):
+                    errors.append(f"{key}: {part} is not a section")
+                    break
+                node = nxt
+            else:
+                if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                    value = json.loads(json.dumps(dataclasses.asdict(value)))
+                if isinstance(value, dict) and isinstance(node.get(last), dict):
+                    node[last] = {**node[last], **value}
+                else:
+                    node[last] = list(value) if isinstance(value, tuple) else value
+        if errors:
+            raise ConfigError(errors)
+        return config_from_dict(raw)
+
 
 # --------------------------------------------------------------------------- parsing
 
@@ -236,8 +270,10 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is int:
         return (isinstance(value, int) and not isinstance(value, bool), value)
     if tp is float:
+        # inf and nan are refused here: no setting means "unbounded" (they would pass range
+        # checks like `> 0` and fail much later, inside Opacus or Ray)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return (True, float(value))
+            return (math.isfinite(value), float(value))
         return (False, value)
     if tp is str:
         return (isinstance(value, str), value)
@@ -262,6 +298,8 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
 
 
 def _type_name(tp: Any) -> str:
+    if tp is float:
+        return "a finite number"
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     if get_origin(tp) is tuple:
@@ -501,10 +539,13 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     """Build and validate a :class:`RunConfig`; raise one ConfigError listing every problem."""
     errors: list[str] = []
     cfg = _build(RunConfig, raw, "", errors)
-    if errors:
-        # Cross-field checks on a half-built config would only add noise.
-        raise ConfigError(errors)
     problems = _check(cfg)
+    if errors:
+        # Fields with a type error kept their defaults: report the range problems of the other
+        # fields too, but not rules that involve a field already reported.
+        bad = {e.split(":", 1)[0] for e in errors}
+        errors += [p for p in problems if not any(b in p for b in bad)]
+        raise ConfigError(errors)
     if problems:
         raise ConfigError(problems)
     return typing.cast(RunConfig, cfg)

@@ -13,7 +13,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedpriv.config import RunConfig, config_hash, load_config
+from fedpriv.config import RunConfig, config_hash, config_to_dict, load_config
 from fedpriv.crypto.codec import PublicParams, load_params_file
 from fedpriv.crypto.identity import IdentityRegistry
 from fedpriv.errors import ConfigError
@@ -46,21 +46,11 @@ class ServerSettings:
 
     @classmethod
     def from_context(cls, context: Context) -> ServerSettings:
-        rc = context.run_config
-        cfg_path = str(rc.get("fedpriv-config", "") or "")
-        cfg = load_config(cfg_path or None)
-        keys = str(rc.get("keys-dir", "") or "")
-        if not keys:
-            raise ConfigError(
-                "server: run config 'keys-dir' is required (the folder `fedpriv keys init` wrote)"
-            )
-        run_dir = str(rc.get("run-dir", "") or "")
-        root = (
-            Path(run_dir)
-            if run_dir
-            else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-        )
-        return cls(cfg, root, Path(keys) / "server" / "params.json")
+        """Read the settings from the Flower run config (``fedpriv-config``, ``keys-dir``,
+        ``run-dir``, ``resume``, ``node-wait-s``; see :mod:`fedpriv.runs.flwr_config`)."""
+        from fedpriv.runs.flwr_app import server_settings
+
+        return server_settings(context)
 
 
 def _eval_cap(params: PublicParams, cfg: RunConfig) -> int:
@@ -236,6 +226,11 @@ def make_server_app(settings: ServerSettings | None = None) -> ServerApp:
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_server(grid, settings if settings is not None else ServerSettings.from_context(context))
+        if settings is not None:
+            run_server(grid, settings)
+            return
+        from fedpriv.runs.flwr_app import run_flwr_server
+
+        run_flwr_server(grid, context)
 
     return app

@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import IO
 
 from fedpriv.deploy.bundle import VerifiedBundle, check_pin, verify_bundle
-from fedpriv.deploy.clientapp import install_shim
 from fedpriv.deploy.pki import load_node_private, node_key_fingerprint
 from fedpriv.deploy.processes import ManagedProcess, flower_exe, free_port, parse_address
 from fedpriv.deploy.threshold import clear_threshold_keys, install_bundle_keys
-from fedpriv.deploy.warm import SOCKET_ENV
+from fedpriv.deploy.warm import SOCKET_ENV, install_shim
 from fedpriv.errors import ConfigError, CryptoError, DataError, RunFailedError, StateError
 from fedpriv.fileio import atomic_write_text
 from fedpriv.privacy.policy import DevicePolicy
@@ -56,7 +55,7 @@ CONNECTED_MARKER = re.compile(r"SuperNode ID:\s*(\d+)")
 
 def default_client_state(bundle: VerifiedBundle) -> Path:
     """``$FEDPRIV_HOME/<client-id>-<federation>``."""
-    from fedpriv.deploy.server import fedpriv_home
+    from fedpriv.fileio import fedpriv_home
 
     return fedpriv_home() / f"{bundle.meta['client_id']}-{bundle.federation[:16]}"
 

@@ -102,22 +102,12 @@ def model_sizing(cfg: RunConfig) -> tuple[int, int]:
 
     The weight bound is ``encryption.max_examples_per_client`` when set, else the largest
     partition of the config's dataset over ``federation.num_clients`` (what simulation uses).
+    Runs every check a simulation runs first (:func:`fedpriv.runs.prepare.prepare_run`).
     """
-    from fedpriv.data import load_dataset
-    from fedpriv.models import build_model, num_params
-    from fedpriv.simulation import partition_sizes
+    from fedpriv.runs.prepare import prepare_run
 
-    d = cfg.data
-    train, _ = load_dataset(
-        d.dataset,
-        label_column=d.label_column,
-        holdout_fraction=d.holdout_fraction,
-        seed=cfg.seed,
-        max_samples=d.max_samples,
-    )
-    model = build_model(cfg.train.model, train.input_shape, train.num_classes, seed=cfg.seed)
-    weight = cfg.encryption.max_examples_per_client or max(partition_sizes(cfg, train))
-    return num_params(model), int(weight)
+    prep = prepare_run(cfg)
+    return prep.num_values, prep.max_weight
 
 
 def _owner_dir(p: Path) -> Path:

@@ -40,7 +40,6 @@ from typing import IO, Any
 from fedpriv.deploy.bundle import VerifiedBundle, check_pin, verify_bundle
 from fedpriv.deploy.pki import verify_server_cert
 from fedpriv.deploy.processes import (
-    FlwrCli,
     ManagedProcess,
     flower_exe,
     free_port,
@@ -64,7 +63,8 @@ from fedpriv.errors import (
     RunFailedError,
     StateError,
 )
-from fedpriv.fileio import atomic_write_text
+from fedpriv.fileio import atomic_write_text, fedpriv_home
+from fedpriv.runs.flwr_cli import FlwrCli
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -80,11 +80,6 @@ log = logging.getLogger("fedpriv.deploy.server")
 DEFAULT_ADDRESS = "127.0.0.1:9092"
 _ANY = {"0.0.0.0", "::", ""}
 _MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with its terminating NUL
-
-
-def fedpriv_home() -> Path:
-    """``$FEDPRIV_HOME`` or ``~/.fedpriv``."""
-    return Path(os.environ.get("FEDPRIV_HOME", "~/.fedpriv")).expanduser()
 
 
 def default_server_state(bundle: VerifiedBundle) -> Path:

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import no_leftover_processes  # noqa: F401 - the fixture
 from tests.e2e.test_deploy import (
     Cli,
     fedpriv,

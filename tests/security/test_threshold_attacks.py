@@ -37,7 +37,6 @@ from fedpriv.privacy.ledger import DECRYPT_FORMAT, parse_record, record_digest
 from fedpriv.protocol import DecryptRequest, parse_train_reply
 from fedpriv.simulation import simulate
 from fedpriv.strategy import EncryptedFedAvg
-from tests.e2e.conftest import no_leftover_processes  # noqa: F401 - the fixture
 from tests.security.test_threshold_collusion import _slots_of, _uniformity_pvalue
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("no_leftover_processes")]

@@ -68,6 +68,12 @@ def build_encryption(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
                 "party": "server operator",
                 "holds": "public parameters only (keys/server/params.json)",
                 "can_decrypt": "nothing: it adds ciphertexts without a secret key",
+            }
+            if not f.metrics.get("key_dealer")
+            else {
+                "party": "server operator",
+                "holds": "the HE secret as well: " + str(f.metrics["key_dealer"]),
+                "can_decrypt": "everything it received, in this run",
             },
             {
                 "party": "each client (data owner)",
