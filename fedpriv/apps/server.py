@@ -13,7 +13,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedpriv.config import RunConfig, config_hash, config_to_dict, load_config
+from fedpriv.config import RunConfig, config_hash
 from fedpriv.crypto.codec import PublicParams, load_params_file
 from fedpriv.crypto.identity import IdentityRegistry
 from fedpriv.errors import ConfigError

@@ -9,7 +9,6 @@ simulation keys into a run folder (the data owners' side of a simulation).
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import shutil
 from dataclasses import dataclass

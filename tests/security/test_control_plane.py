@@ -167,8 +167,8 @@ class Plane:
 
     def operator(self, tmp: Path):  # type: ignore[no-untyped-def]
         """The operator's ``flwr`` CLI (token from the state folder)."""
-        from fedpriv.deploy.processes import FlwrCli
         from fedpriv.deploy.server import ServerState, control_connection
+        from fedpriv.runs.flwr_cli import FlwrCli
 
         address, token = control_connection(ServerState(self.state))
         assert token, "no operator token in the state folder"
