@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, fields
 from hashlib import sha256
 from typing import Any, Literal
 
+from fedpriv.crypto.rq import is_prime
 from fedpriv.errors import CryptoError, WireError
 
 __all__ = [
@@ -93,31 +94,6 @@ def quant_scale_for(
 def _zstd_bound(raw: int) -> int:
     # zstd never expands by more than ~1/256 plus a few bytes; SEAL adds a 16-byte header.
     return raw + raw // 128 + 1024
-
-
-def _is_prime(n: int) -> bool:
-    """Deterministic Miller-Rabin for n < 3.3e24 (enough for a 60-bit modulus)."""
-    if n < 2:
-        return False
-    small = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
-    for p in small:
-        if n % p == 0:
-            return n == p
-    d, r = n - 1, 0
-    while d % 2 == 0:
-        d //= 2
-        r += 1
-    for a in small:
-        x = pow(a, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(r - 1):
-            x = pow(x, 2, n)
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -219,7 +195,7 @@ class HEParams:
         t = self.plain_modulus
         if self.scale_bits != 0:
             p.append("bfv parameters must have scale_bits 0")
-        if not (_is_prime(t) and (t - 1) % (2 * n) == 0):
+        if not (is_prime(t) and (t - 1) % (2 * n) == 0):
             p.append(f"plain_modulus {t} is not a batching prime (prime, 1 mod 2N)")
             return p
         allowed = max_plain_bits(self.data_bits, self.max_clients)
@@ -331,35 +307,46 @@ class HEParams:
     @classmethod
     def from_dict(cls, d: Any) -> HEParams:
         """Build from untrusted data; every field is checked. Raises :class:`WireError`."""
-        if not isinstance(d, dict):
-            raise WireError("HE parameters must be a JSON object")
-        names = {f.name for f in fields(cls)}
-        if set(d) != names | {"format"}:
-            missing, extra = sorted(names - set(d)), sorted(set(d) - names - {"format"})
-            raise WireError(f"HE parameters: missing fields {missing}, unknown fields {extra}")
-        if d["format"] != FORMAT:
-            raise WireError(f"HE parameters: unsupported format {d['format']!r}")
-        kw = {k: d[k] for k in names}
-        bits = kw["coeff_modulus_bits"]
-        if not isinstance(bits, list):
-            raise WireError("HE parameters: coeff_modulus_bits must be a list")
-        kw["coeff_modulus_bits"] = tuple(bits)
-        for name in ("value_range", "quant_scale"):
-            v = kw[name]
-            if isinstance(v, int) and not isinstance(v, bool):
-                kw[name] = float(v)
-        try:
-            return cls(**kw)
-        except CryptoError as e:
-            raise WireError(str(e)) from None
+        return build_checked(cls, d, FORMAT, "HE parameters", "coeff_modulus_bits")
 
     @classmethod
     def from_json(cls, text: str | bytes) -> HEParams:
-        try:
-            d = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise WireError(f"HE parameters: not JSON ({e})") from None
-        return cls.from_dict(d)
+        return cls.from_dict(load_json_object(text, "HE parameters"))
+
+
+def load_json_object(text: str | bytes, what: str) -> Any:
+    """Parse untrusted JSON; a parse error is a :class:`WireError` naming ``what``."""
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WireError(f"{what}: not JSON ({e})") from None
+
+
+def build_checked(cls: Any, d: Any, fmt: str, what: str, list_field: str) -> Any:
+    """Build the frozen parameter dataclass ``cls`` from untrusted ``d``: exactly its fields
+    plus ``format`` (= ``fmt``), ``list_field`` a JSON list (made a tuple), integral
+    ``value_range``/``quant_scale`` accepted as floats; the dataclass' own checks run, and any
+    failure is a :class:`WireError` naming ``what``."""
+    if not isinstance(d, dict):
+        raise WireError(f"{what} must be a JSON object")
+    names = {f.name for f in fields(cls)}
+    if set(d) != names | {"format"}:
+        missing, extra = sorted(names - set(d)), sorted(set(d) - names - {"format"})
+        raise WireError(f"{what}: missing fields {missing}, unknown fields {extra}")
+    if d["format"] != fmt:
+        raise WireError(f"{what}: unsupported format {d['format']!r}")
+    kw = {k: d[k] for k in names}
+    if not isinstance(kw[list_field], list):
+        raise WireError(f"{what}: {list_field} must be a list")
+    kw[list_field] = tuple(kw[list_field])
+    for name in ("value_range", "quant_scale"):
+        v = kw[name]
+        if isinstance(v, int) and not isinstance(v, bool):
+            kw[name] = float(v)
+    try:
+        return cls(**kw)
+    except CryptoError as e:
+        raise WireError(str(e)) from None
 
 
 def _ckks_value_bits(p: HEParams) -> int:

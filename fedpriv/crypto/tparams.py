@@ -39,13 +39,18 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from hashlib import sha256
 from typing import Any
 
-from fedpriv.crypto.params import MIN_QUANT_SCALE, quant_scale_for
+from fedpriv.crypto.params import (
+    MIN_QUANT_SCALE,
+    build_checked,
+    load_json_object,
+    quant_scale_for,
+)
 from fedpriv.crypto.rq import find_ntt_primes, is_prime
-from fedpriv.errors import ConfigError, CryptoError, WireError
+from fedpriv.errors import ConfigError, CryptoError
 
 __all__ = [
     "HE_STANDARD_MAX_BITS",
@@ -380,34 +385,11 @@ class ThresholdParams:
     @classmethod
     def from_dict(cls, d: Any) -> ThresholdParams:
         """Build from untrusted data; every field and the derivation are checked."""
-        if not isinstance(d, dict):
-            raise WireError("threshold parameters must be a JSON object")
-        names = {f.name for f in fields(cls)}
-        if set(d) != names | {"format"}:
-            missing, extra = sorted(names - set(d)), sorted(set(d) - names - {"format"})
-            raise WireError(f"threshold parameters: missing fields {missing}, unknown {extra}")
-        if d["format"] != THRESHOLD_FORMAT:
-            raise WireError(f"threshold parameters: unsupported format {d['format']!r}")
-        kw = {k: d[k] for k in names}
-        if not isinstance(kw["primes"], list):
-            raise WireError("threshold parameters: primes must be a list")
-        kw["primes"] = tuple(kw["primes"])
-        for name in ("value_range", "quant_scale"):
-            v = kw[name]
-            if isinstance(v, int) and not isinstance(v, bool):
-                kw[name] = float(v)
-        try:
-            return cls(**kw)
-        except CryptoError as e:
-            raise WireError(str(e)) from None
+        return build_checked(cls, d, THRESHOLD_FORMAT, "threshold parameters", "primes")
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ThresholdParams:
-        try:
-            d = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise WireError(f"threshold parameters: not JSON ({e})") from None
-        return cls.from_dict(d)
+        return cls.from_dict(load_json_object(text, "threshold parameters"))
 
 
 # --------------------------------------------------------------------------- the chooser
