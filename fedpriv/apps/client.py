@@ -300,28 +300,15 @@ def _save_state(state: ClientPrivacyState, settings: ClientSettings, context: Co
 
 
 def _planned_sigma(cfg: RunConfig, num_examples: int, context: Context) -> float:
-    """Plan sigma once per client and run (planning costs seconds with PRV); cache in node state."""
-    from fedpriv.privacy import noise_multiplier_for
+    """Plan sigma and the epsilon after each round once per client and run (seconds of PRV);
+    kept in node state, and primes the accountant's memo (:mod:`fedpriv.privacy.plan`)."""
+    from fedpriv.privacy.plan import load_or_make_plan
 
-    p = cfg.privacy
-    key = json.dumps(
-        [
-            p.noise_multiplier,
-            p.target_epsilon,
-            p.delta,
-            p.accountant,
-            cfg.rounds,
-            num_examples,
-            cfg.train.batch_size,
-            cfg.train.local_epochs,
-        ]
-    )
-    rec = context.state.config_records.get(_PLAN_KEY)
-    if rec is not None and rec.get("key") == key:
-        return float(rec["sigma"])  # type: ignore[arg-type]
-    sigma = noise_multiplier_for(cfg, num_examples)
-    context.state.config_records[_PLAN_KEY] = ConfigRecord({"key": key, "sigma": sigma})
-    return sigma
+    plan, made = load_or_make_plan(cfg, num_examples, context.state.config_records.get(_PLAN_KEY))
+    if made:
+        context.state.config_records[_PLAN_KEY] = ConfigRecord(plan.to_record())
+    plan.prime()
+    return plan.sigma
 
 
 def _empty_metrics(state_eps: float) -> dict[str, float | int]:
