@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
+# FEDPRIV_BENCH_RESULTS redirects the result files (the smoke test writes to a temp folder).
+RESULTS = Path(
+    os.environ.get("FEDPRIV_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
+)
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 MIB = 1024 * 1024
 _LOAD_AT_IMPORT = list(os.getloadavg())
@@ -159,7 +162,7 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
         **payload,
     }
     path.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}", flush=True)
+    print(f"wrote {path}", flush=True)
     return path
 
 

@@ -216,10 +216,11 @@ def _local_data(cfg: RunConfig, settings: ClientSettings, context: Context) -> t
         # same model, and a label outside the set is an error, never a new class
         labels=client_label_set(cfg, settings.data, context.node_config),
     )
-    if settings.data:
-        pid, n = 0, 1  # the device's own data is its whole partition
-    else:
-        pid, n = _partition(context)
+    if settings.data:  # the device's own data is its whole partition: no partitioner
+        from fedpriv.data import local_split
+
+        return local_split(train, test_fraction=d.test_fraction, seed=cfg.seed)
+    pid, n = _partition(context)
     return client_datasets(
         train,
         pid,
