@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(
     os.environ.get("FEDPRIV_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
 )
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+# Read-only shared data (MNIST): FEDPRIV_SHARED_DATA, else ../shared/data beside the repository.
+SHARED_DATA = Path(os.environ.get("FEDPRIV_SHARED_DATA") or ROOT.parent / "shared" / "data")
+SHARED_MNIST = SHARED_DATA / "mnist"
 MIB = 1024 * 1024
 _LOAD_AT_IMPORT = list(os.getloadavg())
 
@@ -32,6 +34,7 @@ __all__ = [
     "MIB",
     "RESULTS",
     "ROOT",
+    "SHARED_DATA",
     "SHARED_MNIST",
     "MemorySampler",
     "fmt",
