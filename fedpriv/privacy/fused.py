@@ -108,9 +108,10 @@ class FusedDpSgd:
         self.generator = generator
         self.secure_mode = secure_mode
         self._layers = [(m, samplers[type(m)]) for m in _layers(model)]
-        self._params = [
-            p for m, _ in self._layers for p in m.parameters(recurse=False) if p.requires_grad
+        self._owned = [
+            [p for p in m.parameters(recurse=False) if p.requires_grad] for m, _ in self._layers
         ]
+        self._params = [p for owned in self._owned for p in owned]
         trainable = [p for p in model.parameters() if p.requires_grad]
         if {id(p) for p in trainable} != {id(p) for p in self._params} or len(trainable) != len(
             self._params
@@ -177,23 +178,33 @@ class FusedDpSgd:
                 self._captured.clear()
             backprops = torch.autograd.grad(loss, [out for _, out in acts])
             cols: list[torch.Tensor] = []
-            for (layer, sampler), (act, _), back in zip(self._layers, acts, backprops, strict=True):
+            for (layer, sampler), owned, (act, _), back in zip(
+                self._layers, self._owned, acts, backprops, strict=True
+            ):
                 grads = sampler(layer, [act], back)
-                cols.extend(
-                    grads[p].reshape(n, -1)
-                    for p in layer.parameters(recurse=False)
-                    if p.requires_grad
-                )
+                cols.extend(grads[p].reshape(n, -1) for p in owned)
             per_sample = torch.cat(cols, dim=1)
             norms = torch.linalg.vector_norm(per_sample, dim=1)
+            # Clip factor min(1, C / (norm + 1e-6)) as Opacus computes it, then the mean's 1/B.
             factor = (self.max_grad_norm / (norms + 1e-6)).clamp_(max=1.0)
-            torch.mv(per_sample.t(), factor, out=flat)
+            torch.mv(per_sample.t(), factor.div_(self.expected_batch_size), out=flat)
             loss_sum = float(loss.detach())
         std = self.noise_multiplier * self.max_grad_norm
         if std > 0:
-            flat.add_(self.noise(std))
-        flat.div_(self.expected_batch_size)
+            self._add_noise(flat, std, 1.0 / self.expected_batch_size)
         return loss_sum
+
+    def _add_noise(self, flat: torch.Tensor, std: float, scale: float) -> None:
+        """``flat += scale * noise(std)`` with the halving of the secure construction folded in."""
+        import torch
+
+        p, gen = self.num_params, self.generator
+        if not self.secure_mode:
+            flat.add_(torch.normal(0.0, std, size=(p,), generator=gen), alpha=scale)
+            return
+        torch.normal(0.0, std, size=(1, 1), generator=gen)  # discarded, as in Opacus
+        draws = torch.normal(0.0, std, size=(4, p), generator=gen)
+        flat.add_(draws.sum(0), alpha=0.5 * scale)
 
     def noise(self, std: float) -> torch.Tensor:
         """Gaussian noise of ``std`` per coordinate, Opacus' secure-mode construction

@@ -125,6 +125,11 @@ def test_secure_noise_is_opacus_construction_from_the_given_generator() -> None:
     draws = torch.normal(0.0, 0.7, size=(4, dp.num_params), generator=ref)
     assert torch.allclose(got, draws.sum(0) * 0.5)
     assert not torch.allclose(dp.noise(0.7), got)  # the generator moved on
+    # The step folds the 1/B of the mean into the same draws.
+    gen.set_state(start)
+    flat = torch.zeros(dp.num_params)
+    dp._add_noise(flat, 0.7, 0.25)
+    assert torch.allclose(flat, got * 0.25)
 
 
 def test_close_restores_the_plain_model() -> None:
