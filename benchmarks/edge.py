@@ -190,7 +190,7 @@ def _device_data(cfg: Any, folder: Path) -> int:
     """Write the largest default partition's train and test split as an MNIST IDX folder."""
     from fedpriv.config import load_config
     from fedpriv.data import client_datasets, load_dataset, write_idx
-    from fedpriv.simulation import partition_sizes
+    from fedpriv.runs.prepare import partition_sizes
 
     d = cfg.data
     full = load_dataset(d.dataset, holdout_fraction=d.holdout_fraction, seed=cfg.seed)[0]

@@ -17,6 +17,7 @@ exit code  class                       meaning
 7          StateError                  persistent client/server state is corrupt
 8          RunFailedError              the federated run did not complete
 9          VerificationError           a report or ledger failed verification
+130        RunInterrupted              stopped by Ctrl-C/SIGTERM; the run folder resumes
 =========  ==========================  =============================================
 """
 
@@ -30,6 +31,7 @@ __all__ = [
     "DataError",
     "FedprivError",
     "RunFailedError",
+    "RunInterrupted",
     "StateError",
     "VerificationError",
     "WireError",
@@ -101,3 +103,13 @@ class VerificationError(FedprivError):
     """A report, ledger or signature failed verification."""
 
     exit_code = 9
+
+
+class RunInterrupted(FedprivError):
+    """A run was stopped by Ctrl-C or SIGTERM; its run folder resumes (``resume=True``)."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, run_dir: object = None) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir

@@ -80,28 +80,29 @@ class ClientSettings:
 
     @classmethod
     def from_context(cls, context: Context) -> ClientSettings:
-        nc, rc = context.node_config, context.run_config
-        # node config: this client's own key folder; run config: the dealer's output folder
-        # (simulation via `flwr run`), whose client/ part every virtual client shares.
+        from fedpriv.runs import FlowerRunConfig, RunDir
+
+        nc = context.node_config
+        rc = FlowerRunConfig.from_context(context)
+        run_dir = RunDir(rc.run_folder(context.run_id))
+        # node config: this client's own key folder; else (simulation via `flwr run`) the
+        # dealer's output folder in the run config, or the keys the ServerApp dealt into the
+        # run folder: every virtual client shares its client/ part.
         key_dir = str(nc.get("keys-dir", "") or "")
-        if not key_dir and rc.get("keys-dir", ""):
-            key_dir = str(Path(str(rc["keys-dir"])) / "client")
         if not key_dir:
-            raise ConfigError(
-                "client: no key directory; set node config 'keys-dir' or run config 'keys-dir'"
-            )
-        base = str(rc.get("run-dir", "") or "")
+            key_dir = str((Path(rc.keys_dir) if rc.keys_dir else run_dir.keys) / "client")
         data = str(nc.get("data", "") or "") or None
         policy_path = str(nc.get("policy", "") or "")
         if policy_path:
             policy = DevicePolicy.load(Path(policy_path))
         else:
-            # Simulation through `flwr run`: the virtual device holds the experiment file itself.
-            exp = str(rc.get("fedpriv-config", "") or "")
-            policy = DevicePolicy.from_config(load_config(exp or None))
+            # Simulation through `flwr run`: the virtual device holds the experiment itself (as
+            # the run folder records it once sized to the federation, else the submitted file).
+            exp = run_dir.config if run_dir.config.exists() else rc.fedpriv_config or None
+            policy = DevicePolicy.from_config(load_config(exp))
         seed_raw = nc.get("insecure-test-seed", None)
         seed = None if seed_raw in (None, "") else int(str(seed_raw))
-        return cls(Path(key_dir), Path(base) / "clients" if base else None, data, policy, seed)
+        return cls(Path(key_dir), run_dir.root / "clients", data, policy, seed)
 
     def state_dir(self, context: Context) -> Path | None:
         explicit = str(context.node_config.get("state-dir", "") or "")
@@ -583,5 +584,11 @@ def make_client_app(settings: ClientSettings | None = None) -> ClientApp:
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
         return handle_evaluate(msg, context, _settings(context))
+
+    @app.train("decrypt")
+    def _decrypt(msg: Message, context: Context) -> Message:
+        from fedpriv.apps.decrypt import handle_decrypt  # threshold custody only
+
+        return handle_decrypt(msg, context, _settings(context))
 
     return app

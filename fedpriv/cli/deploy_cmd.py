@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,10 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     from fedpriv.config import load_config
     from fedpriv.deploy.dealer import init_federation
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides or [])
+    if args.threshold is not None:
+        overrides += ["encryption.key_custody=threshold", f"encryption.threshold={args.threshold}"]
+    cfg = load_config(args.config, overrides)
     nodes = args.nodes or cfg.federation.num_clients
     r = init_federation(
         cfg,
@@ -48,11 +50,28 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     _out(
         f"  dealer key fingerprint {r.dealer_fingerprint}  (give it to every operator out of band)"
     )
-    _out(f"  {r.out / 'dealer'}: keep with the data owners (signing key, CA key, HE secret)")
-    _out(f"  {r.server_bundle}: copy to the server host (no HE secret)")
+    if r.threshold:
+        _out(
+            f"  threshold custody: {r.threshold} of {nodes} nodes decrypt together; the key was "
+            "Shamir-shared and erased, no file holds it whole"
+        )
+        _out(
+            f"  {r.out / 'dealer'}: keep with the data owners (signing key, CA key, mask key; no "
+            "share)"
+        )
+        _out(f"  {r.server_bundle}: copy to the server host (no share, no mask key)")
+    else:
+        _out(f"  {r.out / 'dealer'}: keep with the data owners (signing key, CA key, HE secret)")
+        _out(f"  {r.server_bundle}: copy to the server host (no HE secret)")
     for cid, path in r.client_bundles.items():
-        how = "HE secret sealed, relayed by the server" if cid in r.sealed else "HE secret inside"
+        what = "key share and mask key" if r.threshold else "HE secret"
+        how = f"{what} sealed, relayed by the server" if cid in r.sealed else f"{what} inside"
         _out(f"  {path}: copy to the device of {cid} ({how})")
+    if r.threshold and not r.sealed:
+        _out(
+            "  delete each client bundle here once it is on its device: together, any "
+            f"{r.threshold} of them hold the whole key"
+        )
     return 0
 
 
@@ -70,6 +89,12 @@ def cmd_keys_add_node(args: argparse.Namespace) -> int:
     _out(
         f"  {r.server_bundle}: re-signed; copy it to the server host, then `fedpriv server register`"
     )
+    if r.threshold:
+        _out(
+            "  threshold custody: the new node gets the mask key but no key share (it trains "
+            "and reads the global model, and is never asked to decrypt); to give it a share, "
+            "deal a new key with `fedpriv keys init --force`"
+        )
     if r.over_capacity:
         _out(
             f"  note: {r.num_nodes} nodes but the keys sum at most {r.max_clients} updates per "
@@ -150,13 +175,13 @@ def cmd_server_start(args: argparse.Namespace) -> int:
 
 def cmd_server_register(args: argparse.Namespace) -> int:
     from fedpriv.deploy.bundle import verify_bundle
-    from fedpriv.deploy.processes import FlwrCli
     from fedpriv.deploy.server import (
         ServerState,
         control_connection,
         default_server_state,
         register_nodes,
     )
+    from fedpriv.runs.flwr_cli import FlwrCli
 
     bundle = verify_bundle(args.bundle, kind="server")
     state = ServerState(Path(args.state_dir or default_server_state(bundle)).expanduser().resolve())
@@ -185,6 +210,8 @@ def _device_policy(args: argparse.Namespace) -> Any:
         min_noise_multiplier=args.min_noise_multiplier,
         min_clients_per_aggregate=args.min_clients_per_aggregate,
         allowed_modes=args.allowed_modes.split(",") if args.allowed_modes else None,
+        allowed_custody=args.allowed_custody.split(",") if args.allowed_custody else None,
+        require_rebuilt_aggregate=args.require_rebuilt_aggregate or None,
     )
 
 
@@ -274,19 +301,22 @@ def cmd_client_start(args: argparse.Namespace) -> int:
 
 def cmd_client_evaluate(args: argparse.Namespace) -> int:
     from fedpriv.config import load_config
-    from fedpriv.deploy.evaluate import evaluate_run, key_dir_for
+    from fedpriv.runs.evaluate import evaluate_run
+    from fedpriv.runs.keys import key_dir_for
 
     key_dir = key_dir_for(bundle=args.bundle, state_dir=args.state_dir, keys_dir=args.keys_dir)
     cfg = load_config(args.config, args.overrides) if args.config else None
-    res = evaluate_run(args.run_dir, key_dir, cfg=cfg, data=args.data, out=args.out)
+    res = evaluate_run(args.run_dir, key_dir, config=cfg, data=args.data, out=args.out)
     for r in res.rounds:
-        acc = r.get("heldout_accuracy")
         _out(
-            f"round {r['round']}: held-out accuracy "
-            + (f"{acc:.4f}" if acc is not None else "-")
-            + f"  ({r.get('accepted')}/{r.get('sampled')} updates)"
+            f"round {r.round}: held-out accuracy "
+            + (f"{r.accuracy:.4f}" if r.accuracy is not None else "-")
+            + f"  ({r.accepted}/{r.sampled} updates)"
         )
-    _out(f"evaluated on {res.heldout_examples} held-out examples; outputs in {res.out}")
+    _out(
+        f"evaluated on {res.metrics.get('heldout_examples')} held-out examples; outputs in "
+        f"{res.run_dir}"
+    )
     return 0
 
 
@@ -306,31 +336,46 @@ def _round_line(r: dict[str, Any]) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from fedpriv.config import load_config
     from fedpriv.deploy.run import submit_run
+    from fedpriv.errors import ConfigError, RunInterrupted
+    from fedpriv.runs import check_run_dir, default_run_dir
 
-    def _term(_sig: int, _frame: Any) -> None:  # stop the submitted run and clean up, as on Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
-    cfg = load_config(args.config, args.overrides)
+    if args.resume:
+        if args.config is not None or args.overrides:
+            raise ConfigError("--resume continues a run with its own config: drop --config/--set")
+        if args.out is None:
+            raise ConfigError("--resume needs --out RUN_DIR (the folder of the interrupted run)")
+        cfg = load_config(check_run_dir(args.out, resume=True) / "config.toml")
+    else:
+        cfg = load_config(args.config, args.overrides)
+    out = args.out or default_run_dir(cfg.name)
     _out(
         f"fedpriv run '{cfg.name}': {cfg.federation.num_clients} clients, {cfg.rounds} rounds, "
         f"DP={cfg.privacy.mode}, encryption={cfg.encryption.scheme}"
         + (f" -> {args.superlink}" if args.superlink else "")
+        + (" (resumed)" if args.resume else "")
     )
-    outcome = submit_run(
-        args.superlink,
-        args.bundle,
-        cfg,
-        run_dir=args.out,
-        server_state=args.server_state,
-        dealer_fingerprint=args.dealer_fingerprint,
-        remote_bundle=args.remote_bundle,
-        relay=not args.no_relay,
-        node_wait_s=args.node_wait,
-        timeout_s=args.timeout,
-        progress=lambda r: _out(_round_line(r)),
-        on_submitted=lambda task, rid: _out(f"submitted {task} run {rid}"),
-    )
+    try:
+        outcome = submit_run(
+            args.superlink,
+            args.bundle,
+            cfg,
+            run_dir=out,
+            server_state=args.server_state,
+            dealer_fingerprint=args.dealer_fingerprint,
+            remote_bundle=args.remote_bundle,
+            relay=not args.no_relay,
+            node_wait_s=args.node_wait,
+            timeout_s=args.timeout,
+            progress=lambda r: _out(_round_line(r)),
+            on_submitted=lambda task, rid: _out(f"submitted {task} run {rid}"),
+            resume=args.resume,
+        )
+    except KeyboardInterrupt:
+        raise RunInterrupted(
+            "the run was stopped on the SuperLink; continue it with `fedpriv run --resume "
+            f"--out {out} --superlink {args.superlink} --bundle {args.bundle}`",
+            out,
+        ) from None
     if outcome.relay:
         _out(
             "sealed keys relayed: "
@@ -344,10 +389,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if m.get("stop_reason"):
         _out(f"stopped early: {m['stop_reason']}")
     if args.evaluate_bundle or args.evaluate_keys:
-        from fedpriv.deploy.evaluate import evaluate_run, key_dir_for
+        from fedpriv.runs.evaluate import evaluate_run
+        from fedpriv.runs.keys import key_dir_for
 
         key_dir = key_dir_for(bundle=args.evaluate_bundle, keys_dir=args.evaluate_keys)
-        res = evaluate_run(outcome.run_dir, key_dir, cfg=cfg)
+        res = evaluate_run(outcome.run_dir, key_dir, config=cfg)
         _out(
             "held-out accuracy (decrypted by the key holder): "
             + (f"{res.final_accuracy:.4f}" if res.final_accuracy is not None else "-")
@@ -402,6 +448,14 @@ def add_deploy_commands(sub: Any) -> None:
         type=int,
         default=None,
         help="largest number of updates per round (default: max(nodes, clients per round))",
+    )
+    ki.add_argument(
+        "--threshold",
+        type=int,
+        default=None,
+        metavar="T",
+        help="threshold custody: Shamir-share the HE secret, any T of the nodes decrypt together "
+        "(sets encryption.key_custody=threshold; 0 = a majority)",
     )
     ki.add_argument("--force", action="store_true", help="replace a federation already in --out")
     ki.set_defaults(func=cmd_keys_init)
@@ -550,6 +604,17 @@ def add_deploy_commands(sub: Any) -> None:
         help="comma-separated privacy modes this device takes part in (record,both,client)",
     )
     cst.add_argument(
+        "--allowed-custody",
+        default=None,
+        help="comma-separated key custodies this device takes part in (shared,threshold)",
+    )
+    cst.add_argument(
+        "--require-rebuilt-aggregate",
+        action="store_true",
+        help="threshold custody: partially decrypt only aggregates this device rebuilt from the"
+        " round's signed updates (closes a forged-aggregate attack; downloads every update)",
+    )
+    cst.add_argument(
         "--insecure-test-seed",
         type=int,
         default=None,
@@ -628,6 +693,12 @@ def add_deploy_commands(sub: Any) -> None:
         "--remote-bundle",
         default=None,
         help="the server bundle's path on the SuperLink host, if different",
+    )
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out from its last server checkpoint (its own "
+        "config; no --config/--set)",
     )
     r.add_argument(
         "--no-relay", action="store_true", help="do not relay sealed keys before training"

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import IO
 
 from fedpriv.deploy.bundle import VerifiedBundle, check_pin, verify_bundle
-from fedpriv.deploy.clientapp import install_shim
 from fedpriv.deploy.pki import load_node_private, node_key_fingerprint
 from fedpriv.deploy.processes import ManagedProcess, flower_exe, free_port, parse_address
-from fedpriv.deploy.warm import SOCKET_ENV
+from fedpriv.deploy.threshold import clear_threshold_keys, install_bundle_keys
+from fedpriv.deploy.warm import SOCKET_ENV, install_shim
 from fedpriv.errors import ConfigError, CryptoError, DataError, RunFailedError, StateError
 from fedpriv.fileio import atomic_write_text
 from fedpriv.privacy.policy import DevicePolicy
@@ -55,7 +55,7 @@ CONNECTED_MARKER = re.compile(r"SuperNode ID:\s*(\d+)")
 
 def default_client_state(bundle: VerifiedBundle) -> Path:
     """``$FEDPRIV_HOME/<client-id>-<federation>``."""
-    from fedpriv.deploy.server import fedpriv_home
+    from fedpriv.fileio import fedpriv_home
 
     return fedpriv_home() / f"{bundle.meta['client_id']}-{bundle.federation[:16]}"
 
@@ -174,7 +174,9 @@ def prepare_client(
     if old_params.exists() and old_params.read_text(encoding="utf-8") != params_text:
         # Re-keyed federation: the old secret belongs to other parameters.
         (keys / "secret.key").unlink(missing_ok=True)
+        clear_threshold_keys(keys)
     atomic_write_text(old_params, params_text, mode=0o644)
+    threshold = install_bundle_keys(bundle, keys)  # threshold custody: share, mask key
     if bundle.has("secret.key"):
         data_bytes = bundle.path("secret.key").read_bytes()
         target = keys / "secret.key"
@@ -182,7 +184,11 @@ def prepare_client(
             from fedpriv.crypto import KeyHolder
 
             KeyHolder.from_bytes(data_bytes).save(target)
-    has_secret = (keys / "secret.key").exists() or bundle.meta.get("scheme") == "off"
+    has_secret = (
+        (keys / "secret.key").exists()
+        or bundle.meta.get("scheme") == "off"
+        or (threshold and (keys / "mask.key").exists())
+    )
     lines = {
         "keys-dir": str(keys),
         "state-dir": str(state),

@@ -1,4 +1,4 @@
-"""Starting, watching and stopping Flower's own processes, and driving the ``flwr`` CLI.
+"""Starting, watching and stopping Flower's own processes.
 
 Every long-running child (``flower-superlink``, ``flower-supernode``) is started so that it
 cannot outlive the fedpriv command that started it: it stays in the caller's process group
@@ -7,17 +7,13 @@ SIGTERM if fedpriv dies, even by SIGKILL), and :meth:`ManagedProcess.stop` ends 
 every process left in the same session that descends from it (Flower's ``flower-superexec``,
 ``flwr-serverapp`` and ``flwr-clientapp`` children).
 
-The ``flwr`` CLI keeps its connections in ``$FLWR_HOME/config.toml``; :class:`FlwrCli` writes a
-private ``FLWR_HOME`` with one TLS connection (and the operator's Control API token, see
-:mod:`fedpriv.deploy.proxy`), so fedpriv never touches the user's own ``~/.flwr`` and never uses
-the ``:local:`` connection (which starts a detached SuperLink).
+The ``flwr`` CLI itself is driven through :class:`fedpriv.runs.flwr_cli.FlwrCli`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import shutil
 import signal
@@ -31,10 +27,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from fedpriv.errors import ConfigError, FedprivError, RunFailedError
+from fedpriv.errors import ConfigError, FedprivError
 
 __all__ = [
-    "FlwrCli",
     "ManagedProcess",
     "descendants",
     "flower_exe",
@@ -296,165 +291,6 @@ def _exists(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-class FlwrCli:
-    """The ``flwr`` CLI against one SuperLink, with a private ``FLWR_HOME``.
-
-    Parameters
-    ----------
-    home : Path
-        Private ``FLWR_HOME`` (created owner-only).
-    address : str
-        ``HOST:PORT`` of the SuperLink's Control API (``fedpriv server start`` serves it on
-        loopback only, behind its proxy).
-    root_certificates : Path
-        The federation CA certificate (TLS is always on).
-    token : str, optional
-        The operator's Control API token. The ``flwr`` CLI sends it as ``Authorization: Bearer``
-        on every Control API request: it is stored the way ``flwr login`` stores an account's
-        access token (``FLWR_HOME/credentials.yaml``, owner-only), which the open-source
-        SuperLink ignores and fedpriv's proxy checks.
-    """
-
-    CONNECTION = "fedpriv"
-
-    def __init__(
-        self, home: Path, address: str, root_certificates: Path, *, token: str | None = None
-    ) -> None:
-        self.home = home
-        self.address = address
-        home.mkdir(parents=True, exist_ok=True)
-        home.chmod(0o700)
-        ca = str(Path(root_certificates).resolve())
-        toml = (
-            "# written by fedpriv: one TLS connection to the federation's SuperLink\n"
-            "[superlink]\n"
-            f'default = "{self.CONNECTION}"\n\n'
-            f"[superlink.{self.CONNECTION}]\n"
-            f"address = {json.dumps(address)}\n"
-            f"root-certificates = {json.dumps(ca)}\n"
-        )
-        (home / "config.toml").write_text(toml, encoding="utf-8")
-        if token is not None:
-            _store_token(home, address, token)
-
-    def env(self) -> dict[str, str]:
-        """Environment for Flower commands."""
-        return {
-            **os.environ,
-            "FLWR_HOME": str(self.home),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "COLUMNS": "200",
-            "NO_COLOR": "1",
-        }
-
-    def call(
-        self, args: Sequence[str], *, timeout: float = 60.0
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``flwr ARGS`` and return the completed process (never raises on exit status)."""
-        try:
-            return subprocess.run(
-                [flower_exe("flwr"), *args],
-                capture_output=True,
-                text=True,
-                env=self.env(),
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired:
-            raise RunFailedError(
-                f"`flwr {' '.join(args[:2])}` did not answer within {timeout:.0f}s; is the "
-                f"SuperLink at {self.address} running?"
-            ) from None
-
-    def json_call(self, args: Sequence[str], *, timeout: float = 60.0) -> dict[str, Any]:
-        """Run a ``flwr ... --format json`` command and parse its output."""
-        res = self.call([*args, "--format", "json"], timeout=timeout)
-        doc = _last_json(res.stdout)
-        if doc is None:
-            raise RunFailedError(
-                f"`flwr {' '.join(args[:2])}` failed (exit {res.returncode}): "
-                + (res.stderr.strip() or res.stdout.strip())[-1500:]
-            )
-        return doc
-
-    def register(self, public_key: Path) -> int:
-        """``flwr supernode register``: return the node id the SuperLink assigned."""
-        doc = self.json_call(["supernode", "register", str(public_key), self.CONNECTION])
-        if not doc.get("success"):
-            raise RunFailedError(
-                f"registering {public_key.name} failed: {doc.get('error-message', doc)}"
-            )
-        return int(doc["node-id"])
-
-    def nodes(self) -> list[dict[str, Any]]:
-        """``flwr supernode list``."""
-        doc = self.json_call(["supernode", "list", self.CONNECTION])
-        if not doc.get("success"):
-            raise RunFailedError(f"listing nodes failed: {doc.get('error-message', doc)}")
-        return list(doc.get("nodes", []))
-
-    def submit(self, project: Path, run_config: Path) -> int:
-        """``flwr run PROJECT`` with a run-config TOML file; return the run id."""
-        doc = self.json_call(
-            ["run", str(project), self.CONNECTION, "--run-config", str(run_config)], timeout=120.0
-        )
-        if not doc.get("success") or "run-id" not in doc:
-            raise RunFailedError(f"`flwr run` was refused: {doc.get('error-message', doc)}")
-        return int(doc["run-id"])
-
-    def run_status(self, run_id: int) -> dict[str, Any]:
-        """``flwr list --run-id``: the run's entry (``status`` like ``finished:completed``)."""
-        doc = self.json_call(["list", self.CONNECTION, "--run-id", str(run_id)])
-        runs = doc.get("runs") or []
-        if not doc.get("success") or not runs:
-            raise RunFailedError(f"run {run_id} not found: {doc.get('error-message', doc)}")
-        return dict(runs[0])
-
-    def stop_run(self, run_id: int) -> None:
-        """``flwr stop`` (best effort)."""
-        with contextlib.suppress(FedprivError):
-            self.call(["stop", str(run_id), self.CONNECTION], timeout=30.0)
-
-    def logs(self, run_id: int) -> str:
-        """``flwr log --show`` output (best effort)."""
-        try:
-            res = self.call(["log", str(run_id), self.CONNECTION, "--show"], timeout=30.0)
-        except FedprivError as exc:
-            return str(exc)
-        return res.stdout + res.stderr
-
-
-def _store_token(home: Path, address: str, token: str) -> None:
-    """Store ``token`` as the access token of ``address`` in Flower's credential store."""
-    from flwr.cli.constant import (
-        ACCESS_TOKEN_STORE_KEY,
-        AUTHN_TYPE_STORE_KEY,
-        REFRESH_TOKEN_STORE_KEY,
-    )
-    from flwr.common.constant import AuthnType
-    from flwr.supercore.credential_store import FileCredentialStore
-
-    store = FileCredentialStore(home / "credentials.yaml")
-    # The OIDC type makes the CLI send the stored access token. It refreshes only after a 401
-    # with `WWW-Authenticate: Bearer`, which neither the proxy (403) nor the SuperLink sends.
-    store.set(AUTHN_TYPE_STORE_KEY % address, AuthnType.OIDC.encode())
-    store.set(ACCESS_TOKEN_STORE_KEY % address, token.encode())
-    store.set(REFRESH_TOKEN_STORE_KEY % address, b"unused")
-
-
-def _last_json(text: str) -> dict[str, Any] | None:
-    """The JSON object printed last (Flower may print banners before it)."""
-    start = text.find("{")
-    while start != -1:
-        try:
-            doc = json.loads(text[start:])
-        except ValueError:
-            start = text.find("{", start + 1)
-            continue
-        return doc if isinstance(doc, dict) else None
-    return None
 
 
 def serve(

@@ -40,7 +40,6 @@ from typing import IO, Any
 from fedpriv.deploy.bundle import VerifiedBundle, check_pin, verify_bundle
 from fedpriv.deploy.pki import verify_server_cert
 from fedpriv.deploy.processes import (
-    FlwrCli,
     ManagedProcess,
     flower_exe,
     free_port,
@@ -64,7 +63,8 @@ from fedpriv.errors import (
     RunFailedError,
     StateError,
 )
-from fedpriv.fileio import atomic_write_text
+from fedpriv.fileio import atomic_write_text, fedpriv_home
+from fedpriv.runs.flwr_cli import FlwrCli
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -80,11 +80,6 @@ log = logging.getLogger("fedpriv.deploy.server")
 DEFAULT_ADDRESS = "127.0.0.1:9092"
 _ANY = {"0.0.0.0", "::", ""}
 _MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with its terminating NUL
-
-
-def fedpriv_home() -> Path:
-    """``$FEDPRIV_HOME`` or ``~/.fedpriv``."""
-    return Path(os.environ.get("FEDPRIV_HOME", "~/.fedpriv")).expanduser()
 
 
 def default_server_state(bundle: VerifiedBundle) -> Path:
@@ -359,7 +354,8 @@ def start_server(
     """
     bundle = verify_bundle(bundle_dir, kind="server")
     for rel in bundle.meta["files"]:
-        if Path(rel).name in ("secret.key", "he_secret.key"):
+        # (threshold custody: a key share or the clients' mask key)
+        if Path(rel).name in ("secret.key", "he_secret.key", "he_share.fpkey", "mask.key"):
             raise CryptoError(
                 f"server bundle {bundle.root} contains {rel}: the server must never hold the HE "
                 "secret. Use the server/ folder `fedpriv keys init` wrote"

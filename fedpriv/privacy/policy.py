@@ -30,6 +30,7 @@ __all__ = ["DevicePolicy", "EffectiveLimits", "request_k_min"]
 
 _MODES = ("off", "record", "client", "both")
 _SCHEMES = ("off", "bfv", "ckks")
+_CUSTODY = ("shared", "threshold")
 FORMAT = "fedpriv.device-policy/1"
 
 
@@ -85,6 +86,12 @@ class DevicePolicy:
         Client-level epsilon one run may reach.
     min_clients_per_aggregate
         k_min: an aggregate summing fewer updates is never decrypted into training.
+    allowed_custody
+        Key custodies (``shared``, ``threshold``) this device takes part in: a device that
+        requires threshold custody refuses a run whose key every client holds.
+    require_rebuilt_aggregate
+        Threshold custody: partially decrypt only an aggregate this device rebuilt from the
+        round's signed updates (the request must carry them).
     """
 
     allowed_modes: tuple[str, ...] = ("record", "both", "client")
@@ -97,6 +104,8 @@ class DevicePolicy:
     max_clip_norm: float = 1e6
     client_max_epsilon: float = 10.0
     min_clients_per_aggregate: int = 2
+    allowed_custody: tuple[str, ...] = _CUSTODY
+    require_rebuilt_aggregate: bool = False
 
     def __post_init__(self) -> None:
         problems = self._problems()
@@ -105,7 +114,11 @@ class DevicePolicy:
 
     def _problems(self) -> list[str]:
         out: list[str] = []
-        for name, allowed in (("allowed_modes", _MODES), ("allowed_schemes", _SCHEMES)):
+        for name, allowed in (
+            ("allowed_modes", _MODES),
+            ("allowed_schemes", _SCHEMES),
+            ("allowed_custody", _CUSTODY),
+        ):
             val = getattr(self, name)
             if not isinstance(val, tuple) or not val or any(v not in allowed for v in val):
                 out.append(f"{name} must be a non-empty list of {', '.join(allowed)}; got {val!r}")
@@ -124,6 +137,8 @@ class DevicePolicy:
         k = self.min_clients_per_aggregate
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             out.append(f"min_clients_per_aggregate must be an integer >= 1, got {k!r}")
+        if not isinstance(self.require_rebuilt_aggregate, bool):
+            out.append("require_rebuilt_aggregate must be true or false")
         return out
 
     # ------------------------------------------------------------------ construction
@@ -151,6 +166,12 @@ class DevicePolicy:
             max_delta=d.max_delta or max(deltas or [p.delta]),
             client_max_epsilon=d.client_max_epsilon or p.client_max_epsilon,
             min_clients_per_aggregate=max(d.min_clients_per_aggregate, request_k_min(cfg)),
+            allowed_custody=tuple(d.allowed_custody) or (cfg.encryption.key_custody,),
+            require_rebuilt_aggregate=d.require_rebuilt_aggregate
+            or (
+                cfg.encryption.key_custody == "threshold"
+                and cfg.encryption.decryption_check == "rebuild"
+            ),
         )
 
     @classmethod
@@ -167,7 +188,11 @@ class DevicePolicy:
             if f.name not in raw:
                 continue
             v = raw[f.name]
-            if f.name in ("allowed_modes", "allowed_schemes"):
+            if f.name == "require_rebuilt_aggregate":
+                if not isinstance(v, bool):
+                    errors.append(f"{source}: {f.name} must be true or false")
+                    continue
+            elif f.name in ("allowed_modes", "allowed_schemes", "allowed_custody"):
                 if not isinstance(v, (list, tuple)):
                     errors.append(f"{source}: {f.name} must be a list")
                     continue
@@ -222,8 +247,10 @@ class DevicePolicy:
                 cur[k] = max(cur[k], v)
             elif k == "max_clip_norm":
                 cur[k] = min(cur[k], float(v))
-            elif k in ("allowed_modes", "allowed_schemes"):
+            elif k in ("allowed_modes", "allowed_schemes", "allowed_custody"):
                 cur[k] = tuple(x for x in cur[k] if x in tuple(v))
+            elif k == "require_rebuilt_aggregate":
+                cur[k] = cur[k] or bool(v)
             else:
                 raise ConfigError(f"device policy: unknown bound {k!r}")
         return DevicePolicy(**cur)
@@ -246,6 +273,22 @@ class DevicePolicy:
             out.append(
                 f"encryption.scheme={request.encryption.scheme!r} is not allowed on this device "
                 f"(allowed: {', '.join(self.allowed_schemes)})"
+            )
+        custody = request.encryption.key_custody
+        if request.he_on and custody not in self.allowed_custody:
+            out.append(
+                f"encryption.key_custody={custody!r} is not allowed on this device "
+                f"(allowed: {', '.join(self.allowed_custody)})"
+            )
+        if (
+            request.he_on
+            and custody == "threshold"
+            and self.require_rebuilt_aggregate
+            and request.encryption.decryption_check != "rebuild"
+        ):
+            out.append(
+                "encryption.decryption_check='records': this device partially decrypts only "
+                "aggregates it rebuilt from the round's signed updates ('rebuild')"
             )
         if request.record_dp:
             if p.delta > self.max_delta:

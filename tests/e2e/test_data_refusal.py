@@ -62,7 +62,7 @@ def _data(tmp: Path) -> tuple[Path, Path, Path]:
 
 def wait_for_ray_exit(timeout: float = 120.0) -> None:
     """Give Ray's daemons time to exit on a loaded machine (the fixture then checks they did)."""
-    from tests.e2e.conftest import processes_with_mark
+    from tests.conftest import processes_with_mark
 
     mark = os.environ.get("FEDPRIV_TEST_MARK", "")
     end = time.monotonic() + timeout

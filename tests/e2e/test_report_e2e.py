@@ -27,7 +27,8 @@ from fedpriv.privacy import DpEvent, opacus_epsilon
 from fedpriv.privacy.training import sample_rate, steps_per_round
 from fedpriv.report import REPORT_HTML, REPORT_JSON, validate_report, verify_run
 from fedpriv.report.markup import lookup
-from fedpriv.simulation import partition_sizes, simulate
+from fedpriv.runs.prepare import partition_sizes
+from fedpriv.simulation import simulate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

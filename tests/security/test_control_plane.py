@@ -33,7 +33,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import no_leftover_processes  # noqa: F401 - the fixture
 from tests.e2e.test_deploy import (
     Cli,
     fedpriv,
@@ -168,8 +167,8 @@ class Plane:
 
     def operator(self, tmp: Path):  # type: ignore[no-untyped-def]
         """The operator's ``flwr`` CLI (token from the state folder)."""
-        from fedpriv.deploy.processes import FlwrCli
         from fedpriv.deploy.server import ServerState, control_connection
+        from fedpriv.runs.flwr_cli import FlwrCli
 
         address, token = control_connection(ServerState(self.state))
         assert token, "no operator token in the state folder"

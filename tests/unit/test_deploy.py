@@ -342,19 +342,27 @@ def test_project_builds_a_tiny_fab_with_the_run_config_keys(tmp_path: Path) -> N
 
     from flwr.cli.build import build_fab_from_disk
 
-    from fedpriv.deploy.project import APP_CONFIG_KEYS, write_project
+    from fedpriv.deploy.project import write_project
+    from fedpriv.runs import FlowerRunConfig
 
     root = write_project(tmp_path / "app")
     fab = build_fab_from_disk(root)
     assert len(fab) < 10_000
     cfg = tomllib.loads((root / "pyproject.toml").read_text())
-    assert set(cfg["tool"]["flwr"]["app"]["config"]) == set(APP_CONFIG_KEYS)
+    assert cfg["tool"]["flwr"]["app"]["config"] == FlowerRunConfig().to_mapping()
 
 
 def test_allow_list_grid_hides_and_refuses_unknown_nodes() -> None:
     from types import SimpleNamespace
 
-    from fedpriv.deploy.apps import AllowListGrid, parse_allowed_nodes, parse_node_map
+    from fedpriv.deploy.apps import AllowListGrid
+    from fedpriv.runs import FlowerRunConfig
+
+    def parse_allowed_nodes(text: str) -> set[int]:
+        return FlowerRunConfig(allowed_nodes=text).allowed_node_ids()
+
+    def parse_node_map(text: str) -> dict[str, int]:
+        return FlowerRunConfig(node_map=text).node_ids()
 
     def msg(node: int) -> SimpleNamespace:
         return SimpleNamespace(metadata=SimpleNamespace(dst_node_id=node))
@@ -423,8 +431,7 @@ def test_managed_process_stops_its_whole_tree(tmp_path: Path) -> None:
 
 def test_warm_shim_runs_cold_without_a_server(tmp_path: Path) -> None:
     """With no warm server the shim execs the ClientApp runner (here: its --help)."""
-    from fedpriv.deploy.clientapp import install_shim
-    from fedpriv.deploy.warm import SOCKET_ENV
+    from fedpriv.deploy.warm import SOCKET_ENV, install_shim
 
     shim = install_shim(tmp_path / "bin")
     env = {k: v for k, v in os.environ.items() if k != SOCKET_ENV}
@@ -441,8 +448,7 @@ def test_warm_shim_runs_cold_without_a_server(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_warm_server_forks_a_child_per_request_and_relays_its_status(tmp_path: Path) -> None:
-    from fedpriv.deploy.clientapp import install_shim
-    from fedpriv.deploy.warm import SOCKET_ENV
+    from fedpriv.deploy.warm import SOCKET_ENV, install_shim
 
     sock = tmp_path / "w.sock"
     srv = subprocess.Popen(

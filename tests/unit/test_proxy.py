@@ -145,7 +145,7 @@ def test_flwr_cli_gets_the_token_from_its_private_home(tmp_path: Path) -> None:
     from flwr.cli.constant import ACCESS_TOKEN_STORE_KEY, AUTHN_TYPE_STORE_KEY
     from flwr.supercore.credential_store import FileCredentialStore
 
-    from fedpriv.deploy.processes import FlwrCli
+    from fedpriv.runs.flwr_cli import FlwrCli
 
     (tmp_path / "ca.crt").write_text("unused")
     FlwrCli(tmp_path / "home", "127.0.0.1:41234", tmp_path / "ca.crt", token="s3cret")

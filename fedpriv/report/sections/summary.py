@@ -251,14 +251,21 @@ def render_summary(r: Mapping[str, Any]) -> str:
         for rel in r["releases_not_covered"]
     ]
     if s["encrypted"]:
-        caveats.append(
-            "Key custody: every client holds the same decryption key; a server colluding with one"
-            " client could read individual updates."
-        )
-    if s["dp"]:
-        caveats.append(
-            "The DP noise comes from a standard (not cryptographically secure) random generator."
-        )
+        enc = r["encryption"]
+        if enc.get("custody") == "threshold":
+            t = enc.get("threshold") or {}
+            caveats.append(
+                f"Key custody: threshold ({t.get('threshold', 'T')} of {t.get('parties', 'n')}):"
+                " fewer clients, even together with the server, cannot read an individual"
+                " update; that many together could."
+            )
+        else:
+            caveats.append(
+                "Key custody: every client holds the same decryption key; a server colluding with"
+                " one client could read individual updates."
+            )
+    if s["dp"] and r["mechanism"]["rng"]["fixed_seed"]:
+        caveats.append("NOT PRIVATE: some devices drew their DP randomness from a fixed test seed.")
     out.append(
         '<div class="two"><div class="box good"><h3>What is protected</h3>'
         + ul(good)
