@@ -48,6 +48,7 @@ from benchmarks._common import (
     MemorySampler,
     median,
     print_table,
+    read_json,
     run_worker,
     write_json,
 )
@@ -177,6 +178,17 @@ def main() -> None:
             f"(RSS sum {r['peak_rss_sum'] / MIB:,.0f} MiB, {r['peak_processes']} processes)",
             flush=True,
         )
+    if not a.smoke:
+        # Keep the runs of earlier invocations that this one did not repeat (labelled with
+        # their date): the 60k runs and the digits runs are measured separately.
+        earlier = read_json("scale")
+        for name, r in earlier.get("runs", {}).items():
+            if name not in results:
+                results[name] = {
+                    "from_earlier_run": r.get("from_earlier_run", earlier.get("when")),
+                    **r,
+                }
+        results = {n: results[n] for n in RUNS if n in results}
     rows = []
     for name, r in results.items():
         n_clients = int(next(o for o in r["overrides"] if "num_clients" in o).split("=")[1])
