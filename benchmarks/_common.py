@@ -20,8 +20,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+# FEDPRIV_BENCH_RESULTS redirects the result files (the smoke test writes to a temp folder).
+RESULTS = Path(
+    os.environ.get("FEDPRIV_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
+)
+# Read-only shared data (MNIST): FEDPRIV_SHARED_DATA, else ../shared/data beside the repository.
+SHARED_DATA = Path(os.environ.get("FEDPRIV_SHARED_DATA") or ROOT.parent / "shared" / "data")
+SHARED_MNIST = SHARED_DATA / "mnist"
 MIB = 1024 * 1024
 _LOAD_AT_IMPORT = list(os.getloadavg())
 
@@ -29,6 +34,7 @@ __all__ = [
     "MIB",
     "RESULTS",
     "ROOT",
+    "SHARED_DATA",
     "SHARED_MNIST",
     "MemorySampler",
     "fmt",
@@ -159,7 +165,7 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
         **payload,
     }
     path.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}", flush=True)
+    print(f"wrote {path}", flush=True)
     return path
 
 

@@ -32,9 +32,13 @@ partial-decryption bytes as multiples of the float32 bytes, client CPU per round
 partial decrypt + combine and decode) against shared custody's encrypt + decrypt, and server CPU
 per update. CPU is ``time.process_time`` medians over interleaved repetitions.
 
+BFV blobs are wire version 2 (coefficients bit-packed to the bit size of q) unless a row says
+otherwise; the default-model table compares both versions at 10 and 100 clients.
+
 Run: ``python -m benchmarks.he`` (``--quick``: 100k values only; ``--threshold``: only the
 threshold comparison, updating the ``threshold`` section of the result file; with ``--quick``,
-the default model only, a few seconds).
+the default model only, a few seconds; ``--default-model-only``: refresh the default-model
+table; ``--smoke``: tiny sizes, written to ``he_smoke.json``).
 """
 
 from __future__ import annotations
@@ -248,28 +252,47 @@ def run_case(s: Setup, n: int, k: int, max_weight: int, distinct: int) -> dict[s
     }
 
 
-def default_model_sizes(max_weight: int) -> list[dict[str, Any]]:
-    """Upload/download of the default model (6,090 values, 10 clients): chosen N vs N=4096."""
+def default_model_sizes(max_weight: int, n: int = 6090) -> list[dict[str, Any]]:
+    """Upload/download of the default model (6,090 values) at 10 and 100 clients per round:
+    wire version 2 (bit-packed) against version 1 (SEAL's zstd serialization), and the ring
+    degree choice (automatic N against N = 4096) at 10 clients."""
     from fedpriv.crypto import Aggregator, KeyHolder, choose_params
 
-    n, k = 6090, 10
     rng = np.random.default_rng(0)
     out = []
-    for label, degree in (("automatic N", 0), ("N=4096 (before)", 4096)):
+    for label, k, degree, version in (
+        ("automatic N, packed (v2)", 10, 0, 2),
+        ("automatic N, SEAL zstd (v1)", 10, 0, 1),
+        ("N=4096, SEAL zstd (v1)", 10, 4096, 1),
+        ("automatic N, packed (v2)", 100, 0, 2),
+        ("automatic N, SEAL zstd (v1)", 100, 0, 1),
+    ):
         p = choose_params("bfv", n, k, max_weight, VALUE_RANGE, poly_modulus_degree=degree)
         kh, agg = KeyHolder.generate(p), Aggregator(p)
         ups = []
-        for _ in range(k):
-            blob = kh.encrypt(rng.normal(0, 0.3, n).astype(np.float32), max_weight).blob
+        for _ in range(min(k, 10)):
+            x = rng.normal(0, 0.3, n).astype(np.float32)
+            blob = kh.encrypt(x, max_weight, wire_version=version).blob
             ups.append(len(blob))
             agg.add(blob)
+        if version == 1:  # the aggregate in version 1 form: what the server sent before
+            from fedpriv.crypto import wire
+
+            down = len(
+                wire.pack(p, 2, [agg._public.dump(c) for c in agg._sum])  # type: ignore[union-attr]
+            )
+        else:
+            down = len(agg.result())
         out.append(
             {
                 "label": label,
+                "clients": k,
+                "wire_version": version,
                 "params": _describe(p),
                 "ciphertexts": p.num_ciphertexts,
+                "padding": p.num_ciphertexts * p.slots_per_ciphertext / (n + 2),
                 "upload_x_float32": median(ups) / (4 * n),
-                "download_x_float32": len(agg.result()) / (4 * n),
+                "download_x_float32": down / (4 * n),
             }
         )
     return out
@@ -436,12 +459,32 @@ def threshold_rows(quick: bool, max_weight: int) -> list[dict[str, Any]]:
     return out
 
 
+def _size_targets(small: list[dict[str, Any]], cases: list[dict[str, Any]]) -> dict[str, float]:
+    """Upload/download ratios of the default BFV setup (packed) at 10 and 100 clients: the
+    default model, and the largest over every model size measured."""
+    v2 = [x for x in small if x["wire_version"] == 2]
+    out: dict[str, float] = {}
+    for k in (10, 100):
+        dm = next((x for x in v2 if x["clients"] == k), None)
+        big = [c for c in cases if c["scheme"] == "bfv" and c["clients"] == k]
+        ups = [x["upload_x_float32"] for x in ([dm] if dm else []) + big]
+        downs = [x["download_x_float32"] for x in ([dm] if dm else []) + big]
+        if dm:
+            out[f"upload_default_model_{k}"] = dm["upload_x_float32"]
+            out[f"download_default_model_{k}"] = dm["download_x_float32"]
+        if ups:
+            out[f"upload_max_{k}"] = max(ups)
+            out[f"download_max_{k}"] = max(downs)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="100k values only")
     ap.add_argument("--default-model-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--max-weight", type=int, default=256)
     ap.add_argument("--threshold", action="store_true", help="threshold custody rows only")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, written to he_smoke.json")
     ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -456,12 +499,13 @@ def main() -> None:
             doc["threshold"] = rows
             write_json("he", doc)
         return
-    small = default_model_sizes(a.max_weight)
+    small = default_model_sizes(a.max_weight, 1000 if a.smoke else 6090)
     print_table(
-        "Default model (6,090 values, 10 clients): BFV sizes by ring degree",
-        ["ring", "parameters", "ciphertexts", "upload x f32", "download x f32"],
+        "Default model (6,090 values): BFV sizes by wire version and ring degree",
+        ["clients", "encoding", "parameters", "ciphertexts", "upload x f32", "download x f32"],
         [
             [
+                x["clients"],
                 x["label"],
                 x["params"],
                 x["ciphertexts"],
@@ -471,16 +515,18 @@ def main() -> None:
             for x in small
         ],
     )
+    if a.smoke:
+        c = run_case(SETUPS[1], 2000, 10, a.max_weight, 2)
+        t = threshold_case(600, 4, 5, 3, reps=1, max_weight=50)
+        write_json("he_smoke", {"default_model": small, "cases": [c], "threshold": [t]})
+        return
     if a.default_model_only:  # refresh this table inside an earlier full result
         doc = read_json("he")
         if doc:
-            doc["main_run"] = {k: doc.pop(k, None) for k in ("when", "machine")}
+            doc["main_run"] = doc.get("main_run") or {k: doc.get(k) for k in ("when", "machine")}
             doc.pop("benchmark", None)
             doc["default_model"] = small
-            doc.setdefault("targets", {}).update(
-                upload_default_model=small[0]["upload_x_float32"],
-                download_default_model=small[0]["download_x_float32"],
-            )
+            doc.setdefault("targets", {}).update(_size_targets(small, doc.get("cases", [])))
             write_json("he", doc)
         return
     sizes = (100_000,) if a.quick else (100_000, 1_000_000)
@@ -564,8 +610,7 @@ def main() -> None:
     threshold = threshold_rows(a.quick, a.max_weight)
     bfv10 = [c for c in cases if c["scheme"] == "bfv" and c["clients"] == 10]
     targets = {
-        "upload_default_model": small[0]["upload_x_float32"],
-        "download_default_model": small[0]["download_x_float32"],
+        **_size_targets(small, cases),
         "upload_default_max": max(c["upload_x_float32"] for c in bfv10),
         "download_default_max": max(c["download_x_float32"] for c in bfv10),
         "encrypt_values_per_cpu_s_default_min": min(c["encrypt_values_per_cpu_s"] for c in bfv10),
@@ -576,6 +621,10 @@ def main() -> None:
         "download {download_default_max:.3f}x (<= 2.2x), encryption "
         "{encrypt_values_per_cpu_s_default_min:,.0f} values/CPU-s (>= 3M); "
         "server memory 100 vs 10 clients {stream_ratio_max:.2f}x (<= 1.5x)".format(**targets)
+    )
+    print(
+        "target upload_100 (packed BFV, 100 clients): upload {upload_max_100:.3f}x (<= 1.25x), "
+        "download {download_max_100:.3f}x (<= 2.5x)".format(**targets)
     )
     write_json(
         "he",

@@ -26,8 +26,9 @@ and the median is reported.
 Targets: what encryption adds <= 5% of the round; DP+encryption <= 2x the plaintext
 non-private round.
 
-``--simulate`` also runs the same four settings on Flower's simulation engine (Ray, 2 workers)
-and reports its per-round wall time.
+The same four settings then run on Flower's simulation engine (Ray, 2 workers; ``--no-simulate``
+skips it), per-round wall time from the run's metrics: the ``dp_round`` target is checked on both
+engines.
 
 Key custody: ``DP + BFV, threshold custody`` runs the same round with the secret Shamir-shared
 (T = 6 of 10): after aggregation T clients answer a ``train.decrypt`` request with a masked
@@ -36,7 +37,8 @@ The "threshold decryption" phase is the clients' partial decryptions and the ser
 the traffic table gives the protocol-level bytes per client per round (Flower-serialized
 messages, as a device sends and receives them) for both custodies, against float32.
 
-Run: ``python -m benchmarks.round`` (``--custody``: only the two custody settings).
+Run: ``python -m benchmarks.round`` (``--custody``: only the two custody settings; ``--smoke``:
+2 clients, 2 rounds, 2 settings, one repetition, no Ray; written to ``round_smoke.json``).
 """
 
 from __future__ import annotations
@@ -205,13 +207,15 @@ class InProcessGrid:
 
 
 def run_setting(
-    overrides: list[str], rounds: int, partitions: list[int] | None = None
+    overrides: list[str], rounds: int, partitions: list[int] | None = None, fresh: bool = True
 ) -> dict[str, Any]:
     """One fresh federation of the default experiment; phase times per round.
 
-    The accountant's per-process caches are emptied first, as in a fresh client process, so
-    one setting does not profit from another's noise plans and epsilons. ``partitions``
-    limits the federation to those clients (their data split stays that of the full config).
+    With ``fresh`` the accountant's per-process caches are emptied first, as in a fresh client
+    process, so one setting does not profit from another's noise plans and epsilons (every
+    client's noise plan and epsilon schedule start from scratch in round 1; later repetitions
+    keep the sigma search results, which only round 1 uses). ``partitions`` limits the
+    federation to those clients (their data split stays that of the full config).
     """
     from flwr.app import Context, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
@@ -220,6 +224,7 @@ def run_setting(
     import fedpriv.crypto.bfv as bfv_mod
     import fedpriv.crypto.threshold as threshold_mod
     import fedpriv.crypto.wire as wire_mod
+    import fedpriv.models as models_mod
     import fedpriv.privacy as privacy_mod
     import fedpriv.privacy.accounting as accounting
     from fedpriv.apps.client import ClientSettings, handle_evaluate, handle_train
@@ -234,10 +239,12 @@ def run_setting(
     from fedpriv.strategy.core import EncryptedFedAvg
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    accounting.plan_noise_multiplier.cache_clear()
-    eps_cache = getattr(accounting, "_opacus_epsilon", None)
-    if eps_cache is not None:
-        eps_cache.cache_clear()
+    if fresh:
+        accounting.clear_caches()
+    else:  # forget every epsilon, keep the sigma searches (round 1 only)
+        with accounting._planned_lock:
+            accounting._planned.clear()
+        accounting._opacus_epsilon.cache_clear()
     client_mod._codec.cache_clear()
     cfg = load_config(None, overrides)
     with tempfile.TemporaryDirectory(prefix="fedpriv-bench-round-") as tmp:
@@ -293,6 +300,7 @@ def run_setting(
                     "cpu_s": cpu - marks["cpu"],
                     "phases_s": phases,
                     "accepted": rec.accepted,
+                    "refused": len(rec.sampled) - rec.accepted,
                     "bytes_down": grid.bytes_down - marks["down"],
                     "bytes_up": grid.bytes_up - marks["up"],
                     "federated_accuracy": rec.federated_accuracy,
@@ -322,8 +330,6 @@ def run_setting(
         ph.wrap(privacy_mod, "train_local", "local training")
         ph.wrap(privacy_mod, "check_budget", "DP accounting")
         ph.wrap(client_mod, "_planned_sigma", "DP accounting")
-        import fedpriv.models as models_mod
-
         ph.wrap(models_mod, "evaluate", "evaluation")  # handle_evaluate imports it from here
         ph.wrap(ClientCodec, "encode", "quantize+encrypt")
         ph.wrap(ClientCodec, "decode", "decrypt")
@@ -373,16 +379,33 @@ def simulate_setting(overrides: list[str], rounds: int) -> dict[str, Any]:
     }
 
 
-def run_simulations(rounds: int) -> dict[str, Any]:
-    """The four settings on Flower's simulation engine; prints a table."""
+def run_simulations(rounds: int, reps: int = 1) -> dict[str, Any]:
+    """The four settings on Flower's simulation engine, interleaved ``reps`` times; prints a table."""
     sim: dict[str, Any] = {}
-    for name in list(SETTINGS)[:4]:
-        print(f"simulation engine: {name} ...", flush=True)
-        try:
-            sim[name] = simulate_setting(SETTINGS[name], rounds)
-        except Exception as e:  # keep whatever else was measured
-            sim[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
-            print(f"  failed: {sim[name]['error']}", flush=True)
+    names = list(SETTINGS)[:4]
+    for rep in range(reps):
+        for name in names[rep % 4 :] + names[: rep % 4]:
+            print(f"simulation engine, rep {rep + 1}/{reps}: {name} ...", flush=True)
+            try:
+                r = simulate_setting(SETTINGS[name], rounds)
+            except Exception as e:  # keep whatever else was measured
+                sim.setdefault(name, {"error": f"{type(e).__name__}: {str(e)[:500]}"})
+                print(f"  failed: {sim[name]['error']}", flush=True)
+                continue
+            prev = sim.get(name)
+            if prev is None or "error" in prev:
+                sim[name] = {**r, "reps": [r]}
+            else:
+                prev["reps"].append(r)
+                # All later rounds of all repetitions pool into the median.
+                prev["round_seconds"] = [prev["round_seconds"][0]] + [
+                    x for rr in prev["reps"] for x in rr["round_seconds"][1:]
+                ]
+    _print_sim(sim)
+    return sim
+
+
+def _print_sim(sim: dict[str, Any]) -> None:
     ok = {n: s for n, s in sim.items() if "error" not in s}
     base_name = "neither (plaintext FedAvg)"
     if base_name in ok:
@@ -396,7 +419,9 @@ def run_simulations(rounds: int) -> dict[str, Any]:
             ["setting", "round 1 s", "later rounds s (median)", "x plaintext", "whole run s"],
             rows,
         )
-    return sim
+
+
+SMOKE = ["federation.num_clients=2", "data.max_samples=300", "train.local_epochs=1"]
 
 
 def _traffic(run: dict[str, Any]) -> dict[str, float]:
@@ -483,12 +508,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--simulate", action="store_true", help="also time the Ray engine")
+    ap.add_argument("--sim-rounds", type=int, default=5, help="rounds per Ray-engine run")
+    ap.add_argument("--sim-reps", type=int, default=2)
+    ap.add_argument("--no-simulate", action="store_true", help="skip the Ray engine")
     ap.add_argument(
         "--simulate-only",
         action="store_true",
         help="only the Ray engine part, added to an earlier results/round.json",
     )
+    ap.add_argument("--smoke", action="store_true", help="tiny run for the test suite")
     ap.add_argument(
         "--custody", action="store_true", help="only shared vs threshold custody (DP + BFV)"
     )
@@ -497,7 +525,8 @@ def main() -> None:
         doc = read_json("round")
         doc["main_run"] = {k: doc.pop(k, None) for k in ("when", "machine")}
         doc.pop("benchmark", None)
-        doc["simulation"] = run_simulations(a.rounds)
+        doc["simulation"] = run_simulations(a.sim_rounds, a.sim_reps)
+        doc.setdefault("targets", {}).update(_sim_targets(doc["simulation"]))
         write_json("round", doc)
         return
     import torch
@@ -506,24 +535,33 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    chosen = {n: SETTINGS[n] for n in CUSTODY} if a.custody else SETTINGS
+    if a.smoke:
+        chosen = {k: [*v, *SMOKE] for k, v in SETTINGS.items() if k in (DP_HE, BASE)}
+        reps, rounds = 1, 2
+    else:
+        chosen = {n: SETTINGS[n] for n in CUSTODY} if a.custody else dict(SETTINGS)
+        reps, rounds = a.reps, a.rounds
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
-    for rep in range(a.reps):
+    for rep in range(reps):
         names = list(chosen)
         names = names[rep % len(names) :] + names[: rep % len(names)]  # rotate the order
         for name in names:
-            print(f"rep {rep + 1}/{a.reps}: {name} ...", flush=True)
-            runs[name].append(run_setting(SETTINGS[name], a.rounds))
+            print(f"rep {rep + 1}/{reps}: {name} ...", flush=True)
+            runs[name].append(run_setting(chosen[name], rounds, fresh=rep == 0))
     steady: dict[str, dict[str, float]] = {}
     first: dict[str, dict[str, float]] = {}
     rows = []
-    for name, reps in runs.items():
-        st = [r for run in reps for r in run["rounds"] if r["round"] >= 2]
+    for name, reps_ in runs.items():
+        st = [r for run in reps_ for r in run["rounds"] if r["round"] >= 2]
         ph = {p: median(r["phases_s"].get(p, 0.0) for r in st) for p in PHASES}
         ph["round"] = median(r["wall_s"] for r in st)
+        ph["round_cpu"] = median(r["cpu_s"] for r in st)
         steady[name] = ph
-        r1 = reps[0]["rounds"][0]
+        r1 = reps_[0]["rounds"][0]
         first[name] = {"round": r1["wall_s"], **r1["phases_s"]}
+        refused = sum(c for run in reps_ for r in run["rounds"] for c in [r.get("refused", 0)])
+        if refused:
+            print(f"  WARNING {name}: {refused} refused client replies", flush=True)
         rows.append(
             [
                 name,
@@ -534,7 +572,7 @@ def main() -> None:
             ]
         )
     print_table(
-        "One round, 10 clients run one after another (ms; median of rounds 2-3 over repetitions)",
+        "One round, clients run one after another (ms; median of rounds 2+ over repetitions)",
         ["setting", *PHASES, "round", "round 1 (plans noise)", "KiB up"],
         rows,
     )
@@ -544,73 +582,97 @@ def main() -> None:
         doc["custody"] = {"steady_state_s": {n: steady[n] for n in CUSTODY}, **custody}
         write_json("round", doc)
         return
-    base = steady["neither (plaintext FedAvg)"]
-    dp_he, dp_only = steady["DP + BFV (default)"], steady["DP, no encryption"]
-    he_only = steady["BFV, no DP"]
-    added = sum(dp_he[p] - dp_only[p] for p in HE_PHASES)
-    added_nodp = sum(he_only[p] - base[p] for p in HE_PHASES)
-    he_crypto = sum(dp_he[p] for p in HE_PHASES)
-    share_rows = [
-        [
-            "encryption adds (DP on): HE phases, BFV - plaintext",
-            added * 1e3,
-            added / dp_he["round"],
-        ],
-        [
-            "encryption adds (DP off): HE phases, BFV - plaintext",
-            added_nodp * 1e3,
-            added_nodp / he_only["round"],
-        ],
-        ["HE phases in the DP+BFV round (absolute)", he_crypto * 1e3, he_crypto / dp_he["round"]],
-        [
-            "DP+BFV round vs DP round (whole round)",
-            (dp_he["round"] - dp_only["round"]) * 1e3,
-            (dp_he["round"] - dp_only["round"]) / dp_he["round"],
-        ],
-    ]
-    print_table("What encryption adds (target <= 5% of the round)", ["", "ms", "share"], share_rows)
-    ratio_rows = [
-        [name, steady[name]["round"] * 1e3, steady[name]["round"] / base["round"]]
-        for name in SETTINGS
-    ]
-    print_table(
-        "Round time vs the plaintext non-private round (target DP+BFV <= 2x)",
-        ["setting", "round ms", "x plaintext"],
-        ratio_rows,
-    )
-    overhead = dp_he["round"] / base["round"]
-    # Without --simulate, keep the engine timings of an earlier run (they are labelled so).
-    earlier = read_json("round")
-    sim = (
-        run_simulations(a.rounds)
-        if a.simulate
-        else {
-            **earlier.get("simulation", {}),
-            "_from_earlier_run": earlier.get("main_run", {}).get("when") or earlier.get("when"),
-        }
-        if earlier.get("simulation")
-        else {}
-    )
+    base, dp_he = steady[BASE], steady[DP_HE]
+    targets: dict[str, Any] = {
+        "privacy_overhead_x": dp_he["round"] / base["round"],
+        "privacy_overhead_cpu_x": dp_he["round_cpu"] / base["round_cpu"],
+    }
+    if not a.smoke:
+        dp_only, he_only = steady["DP, no encryption"], steady["BFV, no DP"]
+        added = sum(dp_he[p] - dp_only[p] for p in HE_PHASES)
+        added_nodp = sum(he_only[p] - base[p] for p in HE_PHASES)
+        he_crypto = sum(dp_he[p] for p in HE_PHASES)
+        targets["encryption_added_share"] = added / dp_he["round"]
+        targets["encryption_added_share_no_dp"] = added_nodp / he_only["round"]
+        print_table(
+            "What encryption adds (target <= 5% of the round)",
+            ["", "ms", "share"],
+            [
+                [
+                    "encryption adds (DP on): HE phases, BFV - plaintext",
+                    added * 1e3,
+                    added / dp_he["round"],
+                ],
+                [
+                    "encryption adds (DP off): HE phases, BFV - plaintext",
+                    added_nodp * 1e3,
+                    added_nodp / he_only["round"],
+                ],
+                [
+                    "HE phases in the DP+BFV round (absolute)",
+                    he_crypto * 1e3,
+                    he_crypto / dp_he["round"],
+                ],
+                [
+                    "DP+BFV round vs DP round (whole round)",
+                    (dp_he["round"] - dp_only["round"]) * 1e3,
+                    (dp_he["round"] - dp_only["round"]) / dp_he["round"],
+                ],
+            ],
+        )
+        print_table(
+            "Round time vs the plaintext non-private round (target DP+BFV <= 2x)",
+            ["setting", "round ms", "x plaintext", "CPU x plaintext"],
+            [
+                [
+                    name,
+                    steady[name]["round"] * 1e3,
+                    steady[name]["round"] / base["round"],
+                    steady[name]["round_cpu"] / base["round_cpu"],
+                ]
+                for name in chosen
+            ],
+        )
+    sim: dict[str, Any] = {}
+    if not (a.no_simulate or a.smoke):
+        sim = run_simulations(a.sim_rounds, a.sim_reps)
+        targets.update(_sim_targets(sim))
     print(
-        f"targets: encryption adds {added / dp_he['round']:.1%} of the DP+BFV round (<= 5%); "
-        f"DP+BFV round = {overhead:.2f}x plaintext (<= 2x)"
+        f"targets: DP+BFV round = {targets['privacy_overhead_x']:.2f}x plaintext in-process"
+        + (
+            f", {targets['privacy_overhead_ray_x']:.2f}x on the Ray engine"
+            if "privacy_overhead_ray_x" in targets
+            else ""
+        )
+        + " (<= 2x)"
     )
     write_json(
-        "round",
+        "round_smoke" if a.smoke else "round",
         {
-            "settings": SETTINGS,
+            "settings": chosen,
+            "reps": reps,
+            "rounds": rounds,
             "steady_state_s": steady,
             "round1_s": first,
             "runs": runs,
             "simulation": sim,
             "custody": custody,
-            "targets": {
-                "encryption_added_share": added / dp_he["round"],
-                "encryption_added_share_no_dp": added_nodp / he_only["round"],
-                "privacy_overhead_x": overhead,
-            },
+            "targets": targets,
         },
     )
+
+
+DP_HE, BASE = "DP + BFV (default)", "neither (plaintext FedAvg)"
+
+
+def _sim_targets(sim: dict[str, Any]) -> dict[str, float]:
+    ok = {n: s for n, s in sim.items() if isinstance(s, dict) and "error" not in s}
+    if DP_HE not in ok or BASE not in ok:
+        return {}
+    return {
+        "privacy_overhead_ray_x": median(ok[DP_HE]["round_seconds"][1:])
+        / median(ok[BASE]["round_seconds"][1:])
+    }
 
 
 if __name__ == "__main__":

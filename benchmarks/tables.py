@@ -1,7 +1,9 @@
-"""Render the tables of docs/benchmarks.md from ``benchmarks/results/*.json``.
+"""Render the tables of docs/benchmarks.md and the target summary from ``benchmarks/results``.
 
-``python -m benchmarks.tables`` prints every table; ``--fill PATH`` replaces the placeholders
-(``HE_TABLE``, ``DP_TABLE``, ...) on their own lines in a Markdown file.
+``python -m benchmarks.tables`` prints every table and writes ``benchmarks/results/targets.json``
+(one object per target of the performance issue: name, goal, measured, unit, met), computed
+from the result files alone; ``--fill PATH`` also replaces the placeholders (``HE_TABLE``,
+``DP_TABLE``, ...) on their own lines in a Markdown file.
 """
 
 from __future__ import annotations
@@ -359,6 +361,128 @@ def edge_table() -> str:
     )
 
 
+# --------------------------------------------------------------------------- targets
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and v == v else None
+
+
+def _target(
+    name: str, goal: Any, measured: Any, unit: str, met: bool | None = None
+) -> dict[str, Any]:
+    """One target; ``goal`` and ``measured`` are numbers or dicts with the same keys (upper
+    bounds), ``met`` computed from them unless given."""
+    if met is None:
+        if isinstance(goal, dict):
+            met = isinstance(measured, dict) and all(
+                _num(measured.get(k)) is not None and measured[k] <= g for k, g in goal.items()
+            )
+        else:
+            met = _num(measured) is not None and measured <= goal
+    return {"name": name, "goal": goal, "measured": measured, "unit": unit, "met": bool(met)}
+
+
+def targets() -> list[dict[str, Any]]:
+    """The targets of the performance round, each from its result file (None: not measured)."""
+    out = []
+    rnd = _load("round").get("targets", {})
+    out.append(
+        _target(
+            "dp_round",
+            {"in_process": 2.0, "ray": 2.0},
+            {"in_process": rnd.get("privacy_overhead_x"), "ray": rnd.get("privacy_overhead_ray_x")},
+            "x plaintext non-private round",
+        )
+    )
+    dp = _load("dp").get("target", {})
+    out.append(_target("dp_step", 1.6, dp.get("measured"), "x plain SGD step"))
+    edge = _load("edge")
+    e = edge.get("target", {})
+    loaded = edge.get("results", {}).get("DP + BFV (default)", {}).get("forbidden_loaded", [])
+    out.append(
+        _target(
+            "edge",
+            400,
+            e.get("peak_mb"),
+            "MB peak RSS (one device round)",
+            met=_num(e.get("peak_mb")) is not None and e["peak_mb"] <= 400 and not loaded,
+        )
+    )
+    he = _load("he")
+    ht = he.get("targets", {})
+    out.append(
+        _target(
+            "upload_100",
+            {"upload": 1.25, "download": 2.5},
+            {"upload": ht.get("upload_max_100"), "download": ht.get("download_max_100")},
+            "x float32 bytes (100 clients per round)",
+        )
+    )
+    th = {c["clients"]: c for c in he.get("threshold", []) if c.get("num_values") == 6090}
+    out.append(
+        _target(
+            "threshold_upload",
+            {
+                "upload_10_clients": 5.0,
+                "upload_100_clients": 5.0,
+                "partial_10_clients": 3.0,
+                "partial_100_clients": 3.0,
+            },
+            {
+                "upload_10_clients": th.get(10, {}).get("upload_x_float32"),
+                "upload_100_clients": th.get(100, {}).get("upload_x_float32"),
+                "partial_10_clients": th.get(10, {}).get("partial_x_float32"),
+                "partial_100_clients": th.get(100, {}).get("partial_x_float32"),
+            },
+            "x float32 bytes (default model; per client)",
+        )
+    )
+    dist = _load("distributed").get("target", {})
+    out.append(
+        _target("distributed_round", 1.5, dist.get("measured_s"), "s wall per round (Ray, 2 cores)")
+    )
+    sc = _load("scale").get("targets", {})
+    out.append(
+        _target(
+            "scale_60k",
+            {"round_s": 30.0, "peak_gib": 8.0, "memory_1000_vs_100": 1.1},
+            {
+                "round_s": sc.get("60k_round_s"),
+                "peak_gib": sc.get("60k_peak_pss_gib"),
+                "memory_1000_vs_100": sc.get("60k_memory_1000_vs_100"),
+            },
+            "s per round; GiB (sum of PSS, process tree); ratio",
+        )
+    )
+    return out
+
+
+def targets_table() -> str:
+    def show(v: Any) -> str:
+        if isinstance(v, dict):
+            return ", ".join(f"{k} {show(x)}" for k, x in v.items())
+        return (
+            "not measured"
+            if v is None
+            else fmt(float(v))
+            if isinstance(v, (int, float))
+            else str(v)
+        )
+
+    return _md(
+        ["target", "goal (at most)", "measured", "unit", "met"],
+        [
+            [
+                t["name"],
+                show(t["goal"]),
+                show(t["measured"]),
+                t["unit"],
+                "yes" if t["met"] else "NO",
+            ]
+            for t in targets()
+        ],
+    )
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "HE_TABLE": he_table,
     "STREAM_TABLE": stream_table,
@@ -370,6 +494,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "SIM_TABLE": sim_table,
     "SCALE_TABLE": scale_table,
     "EDGE_TABLE": edge_table,
+    "TARGETS_TABLE": targets_table,
 }
 
 
@@ -377,9 +502,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fill", type=Path, help="Markdown file whose placeholder lines to replace")
     a = ap.parse_args()
+    path = RESULTS / "targets.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(targets(), indent=2) + "\n")
+    print(f"wrote {path}")
     if a.fill is None:
         for key, fn in TABLES.items():
-            print(f"{key}\n\n{fn()}\n")
+            try:
+                print(f"{key}\n\n{fn()}\n")
+            except (KeyError, TypeError, ValueError) as e:  # a result file of another layout
+                print(f"{key}\n\n(cannot render: {type(e).__name__}: {e})\n")
         return
     lines = a.fill.read_text().splitlines()
     out = [TABLES[ln.strip()]() if ln.strip() in TABLES else ln for ln in lines]

@@ -430,7 +430,7 @@ def _check(cfg: RunConfig) -> list[str]:
                 " clients would refuse the last rounds",
             )
         need(
-            p.grad_sample_mode in {"auto", "hooks", "functorch", "ew", "ghost"},
+            p.grad_sample_mode in {"auto", "fused", "hooks", "functorch", "ew", "ghost"},
             f"privacy.grad_sample_mode: unknown mode {p.grad_sample_mode!r}",
         )
     x = cfg.encryption

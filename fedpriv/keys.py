@@ -8,10 +8,12 @@ and the public parameters the server aggregates with.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from fedpriv.config import RunConfig
 from fedpriv.crypto.codec import PublicParams
+from fedpriv.crypto.params import MIN_QUANT_SCALE
 from fedpriv.crypto.plain import PlainParams
 from fedpriv.fileio import atomic_write_text
 
@@ -39,6 +41,7 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
     else:
         e = cfg.encryption
         value_range = e.value_range
+        min_scale = MIN_QUANT_SCALE
         if cfg.client_dp:
             from fedpriv.privacy.client_level import client_level_plan
 
@@ -47,6 +50,10 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
             # at the clip norm (clients refuse parameters whose rounding would exceed that).
             max_weight = 1
             value_range += client_level_plan(cfg, cfg.privacy.client_clip_norm).headroom
+            # ... and a scale whose rounding stays within the clip norm (sqrt(n)/s <= C).
+            min_scale = max(
+                min_scale, math.ceil(math.sqrt(num_values) / cfg.privacy.client_clip_norm)
+            )
         if e.key_custody == "threshold":
             from fedpriv.crypto.tcustody import deal_threshold_keys
 
@@ -57,6 +64,7 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
                 value_range=value_range,
                 out=out,
                 client_ids=client_ids,
+                min_quant_scale=min_scale,
             )
             deal_identities(client_ids, out, client_copy=True)
             return tparams
@@ -71,6 +79,7 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
             poly_modulus_degree=e.poly_modulus_degree,
             coeff_modulus_bits=e.coeff_modulus_bits,
             scale_bits=e.ckks_scale_bits,
+            min_quant_scale=min_scale,
         )
         holder = KeyHolder.generate(he)
         params = he

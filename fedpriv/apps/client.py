@@ -217,10 +217,11 @@ def _local_data(cfg: RunConfig, settings: ClientSettings, context: Context) -> t
         # same model, and a label outside the set is an error, never a new class
         labels=client_label_set(cfg, settings.data, context.node_config),
     )
-    if settings.data:
-        pid, n = 0, 1  # the device's own data is its whole partition
-    else:
-        pid, n = _partition(context)
+    if settings.data:  # the device's own data is its whole partition: no partitioner
+        from fedpriv.data import local_split
+
+        return local_split(train, test_fraction=d.test_fraction, seed=cfg.seed)
+    pid, n = _partition(context)
     return client_datasets(
         train,
         pid,
@@ -301,28 +302,15 @@ def _save_state(state: ClientPrivacyState, settings: ClientSettings, context: Co
 
 
 def _planned_sigma(cfg: RunConfig, num_examples: int, context: Context) -> float:
-    """Plan sigma once per client and run (planning costs seconds with PRV); cache in node state."""
-    from fedpriv.privacy import noise_multiplier_for
+    """Plan sigma and the epsilon after each round once per client and run (seconds of PRV);
+    kept in node state, and primes the accountant's memo (:mod:`fedpriv.privacy.plan`)."""
+    from fedpriv.privacy.plan import load_or_make_plan
 
-    p = cfg.privacy
-    key = json.dumps(
-        [
-            p.noise_multiplier,
-            p.target_epsilon,
-            p.delta,
-            p.accountant,
-            cfg.rounds,
-            num_examples,
-            cfg.train.batch_size,
-            cfg.train.local_epochs,
-        ]
-    )
-    rec = context.state.config_records.get(_PLAN_KEY)
-    if rec is not None and rec.get("key") == key:
-        return float(rec["sigma"])  # type: ignore[arg-type]
-    sigma = noise_multiplier_for(cfg, num_examples)
-    context.state.config_records[_PLAN_KEY] = ConfigRecord({"key": key, "sigma": sigma})
-    return sigma
+    plan, made = load_or_make_plan(cfg, num_examples, context.state.config_records.get(_PLAN_KEY))
+    if made:
+        context.state.config_records[_PLAN_KEY] = ConfigRecord(plan.to_record())
+    plan.prime()
+    return plan.sigma
 
 
 def _empty_metrics(state_eps: float) -> dict[str, float | int]:

@@ -14,7 +14,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from fedpriv.crypto._scratch import load_from_bytes, save_to_bytes
-from fedpriv.crypto.params import KIND_UPDATE, HEParams
+from fedpriv.crypto.params import KIND_AGGREGATE, KIND_UPDATE, HEParams
 from fedpriv.errors import CryptoError, WireError
 
 __all__ = ["BfvPublic", "BfvSecret", "batching_prime", "seal_params_error"]
@@ -69,26 +69,29 @@ class BfvPublic:
         self.context = seal.SEALContext(self._parms, True, seal.SEC_LEVEL_TYPE.TC128)
         self._evaluator = seal.Evaluator(self.context)
         self._parms_id = self.context.first_parms_id()
+        data = self.context.first_context_data().parms().coeff_modulus()
+        self._primes = [int(m.value()) for m in data]
 
     def context_bytes(self) -> bytes:
         """The serialized encryption parameters: everything the server needs."""
         return save_to_bytes(self._parms)
 
-    def load(self, entry: bytes, kind: int, index: int) -> Any:
-        """Decode one ciphertext after checking SEAL's header; raise WireError if unusable."""
-        if len(entry) < _SEAL_HEAD.size:
-            raise WireError(f"ciphertext {index}: shorter than SEAL's header")
-        magic, hsize, major, _minor, compr, reserved, size = _SEAL_HEAD.unpack_from(entry)
-        if magic != _SEAL_MAGIC or hsize != _SEAL_HEAD.size or major != 4 or reserved != 0:
-            raise WireError(f"ciphertext {index}: bad SEAL header")
-        if compr != _COMPR_ZSTD:
-            raise WireError(f"ciphertext {index}: compression mode {compr}, expected zstd")
-        if size != len(entry):
-            raise WireError(f"ciphertext {index}: SEAL header says {size} bytes, got {len(entry)}")
+    def load(self, entry: bytes, kind: int, index: int, version: int = 1) -> Any:
+        """Decode one ciphertext of wire ``version`` (1: SEAL's zstd serialization, 2: packed,
+        :mod:`fedpriv.crypto.packed`) through SEAL's own checks; raise WireError if unusable."""
+        if version == 2:
+            from fedpriv.crypto.packed import unpack_entry
+
+            raw = unpack_entry(self.params, kind, entry, self._parms_id, self._primes, index)
+        else:
+            self._check_seal_header(entry, index)
+            if kind == KIND_UPDATE and len(entry) > self.params.max_entry_bytes(kind):
+                raise WireError(f"ciphertext {index}: too large for a seeded update")
+            raw = entry
         ct = seal.Ciphertext()
         try:
             # SEAL's load also runs is_valid_for (coefficients reduced, sizes, parms_id known).
-            load_from_bytes(ct, self.context, entry)
+            load_from_bytes(ct, self.context, raw)
         except Exception as e:  # SEAL raises ValueError/RuntimeError/... on malformed data
             raise WireError(f"ciphertext {index}: SEAL rejected it ({e})") from None
         if not (
@@ -104,15 +107,31 @@ class BfvPublic:
         if ct.is_transparent():
             # A transparent ciphertext carries its plaintext in the clear: never a real encryption.
             raise WireError(f"ciphertext {index}: transparent (not encrypted)")
-        if kind == KIND_UPDATE and len(entry) > self.params.max_entry_bytes(kind):
-            raise WireError(f"ciphertext {index}: too large for a seeded update")
         return ct
+
+    @staticmethod
+    def _check_seal_header(entry: bytes, index: int) -> None:
+        if len(entry) < _SEAL_HEAD.size:
+            raise WireError(f"ciphertext {index}: shorter than SEAL's header")
+        magic, hsize, major, _minor, compr, reserved, size = _SEAL_HEAD.unpack_from(entry)
+        if magic != _SEAL_MAGIC or hsize != _SEAL_HEAD.size or major != 4 or reserved != 0:
+            raise WireError(f"ciphertext {index}: bad SEAL header")
+        if compr != _COMPR_ZSTD:
+            raise WireError(f"ciphertext {index}: compression mode {compr}, expected zstd")
+        if size != len(entry):
+            raise WireError(f"ciphertext {index}: SEAL header says {size} bytes, got {len(entry)}")
 
     def add_inplace(self, acc: Any, ct: Any) -> None:
         self._evaluator.add_inplace(acc, ct)
 
-    def dump(self, ct: Any) -> bytes:
-        return save_to_bytes(ct)
+    def dump(self, ct: Any, version: int = 1) -> bytes:
+        """Serialize an aggregate ciphertext for wire ``version`` (2: packed)."""
+        raw = save_to_bytes(ct)
+        if version == 2:
+            from fedpriv.crypto.packed import pack_entry
+
+            return pack_entry(self.params, KIND_AGGREGATE, raw)
+        return raw
 
 
 class BfvSecret:
@@ -139,14 +158,19 @@ class BfvSecret:
     def secret_key_bytes(self) -> bytes:
         return save_to_bytes(self._sk)
 
-    def encrypt(self, slots: np.ndarray) -> list[bytes]:
-        """Encrypt int64 slot values (|v| < t/2), N per ciphertext, as seeded ciphertexts."""
+    def encrypt(self, slots: np.ndarray, version: int = 1) -> list[bytes]:
+        """Encrypt int64 slot values (|v| < t/2), N per ciphertext, as seeded ciphertexts
+        serialized for wire ``version`` (1: SEAL's own form, 2: packed)."""
         n = self.params.poly_modulus_degree
         out: list[bytes] = []
         for i in range(0, len(slots), n):
             pt = seal.Plaintext()
             self._encoder.encode(slots[i : i + n].tolist(), pt)
             out.append(save_to_bytes(self._encryptor.encrypt_symmetric(pt)))
+        if version == 2:
+            from fedpriv.crypto.packed import pack_entry
+
+            out = [pack_entry(self.params, KIND_UPDATE, e) for e in out]
         return out
 
     def decrypt(self, cts: list[Any]) -> np.ndarray:

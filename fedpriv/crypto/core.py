@@ -140,6 +140,13 @@ def _public(params: HEParams) -> BfvPublic | CkksPublic:
     return BfvPublic(params) if params.scheme == "bfv" else CkksPublic(params)
 
 
+def _load_entries(public: BfvPublic | CkksPublic, frame: wire.Frame) -> list[Any]:
+    """Decode a checked frame's ciphertexts (each through SEAL's checks)."""
+    if isinstance(public, BfvPublic):
+        return [public.load(e, frame.kind, i, frame.version) for i, e in enumerate(frame.entries)]
+    return [public.load(e, frame.kind, i) for i, e in enumerate(frame.entries)]
+
+
 def server_context_bytes(params: HEParams) -> bytes:
     """Everything the server holds besides ``params``: serialized parameters, no key."""
     return _public(params).context_bytes()
@@ -185,6 +192,7 @@ class KeyHolder:
         weight: int,
         int_noise: np.ndarray | None = None,
         rng: DpRandom | None = None,
+        wire_version: int | None = None,
     ) -> EncryptedUpdate:
         """Encrypt ``[w*clip(x), w, 1]`` as an update blob.
 
@@ -200,6 +208,9 @@ class KeyHolder:
             noise of all clients and nobody sees an un-noised sum (distributed DP).
         rng : DpRandom, optional
             Source of the stochastic rounding (default: the OS CSPRNG).
+        wire_version : int, optional
+            Default: what :func:`fedpriv.crypto.wire.version_for` says (BFV: 2, bit-packed).
+            1 writes SEAL's own serialization, as earlier releases did (tests).
 
         Raises
         ------
@@ -218,7 +229,12 @@ class KeyHolder:
             slots[: p.num_values] = xc * w
             slots[p.num_values] = w
             slots[p.num_values + 1] = 1
-        blob = wire.pack(p, KIND_UPDATE, self._backend.encrypt(slots))
+        version = wire.version_for(p) if wire_version is None else wire_version
+        if isinstance(self._backend, BfvSecret):
+            entries = self._backend.encrypt(slots, version)
+        else:
+            entries = self._backend.encrypt(slots)
+        blob = wire.pack(p, KIND_UPDATE, entries, version)
         return EncryptedUpdate(blob, clipped, w, w != weight)
 
     # ------------------------------------------------------------------ decryption
@@ -234,9 +250,8 @@ class KeyHolder:
             produced, or an overflow).
         """
         p = self._params
-        kind, entries = wire.unpack(blob, p, _ANY_KIND)
-        public = self._backend.public
-        cts = [public.load(e, kind, i) for i, e in enumerate(entries)]
+        frame = wire.unpack_frame(blob, p, _ANY_KIND)
+        cts = _load_entries(self._backend.public, frame)
         slots = self._backend.decrypt(cts)
         nv = p.num_values
         if isinstance(self._backend, BfvSecret):
@@ -365,8 +380,8 @@ class Aggregator:
         _no_pickle(self)
 
     def _load(self, blob: bytes) -> list[Any]:
-        kind, entries = wire.unpack(blob, self._params, _UPDATE_ONLY, self._fp)
-        return [self._public.load(e, kind, i) for i, e in enumerate(entries)]
+        frame = wire.unpack_frame(blob, self._params, _UPDATE_ONLY, self._fp)
+        return _load_entries(self._public, frame)
 
     def validate(self, blob: bytes) -> None:
         """Check an update blob completely without adding it. Raises :class:`WireError`."""
@@ -407,9 +422,12 @@ class Aggregator:
                 raise CryptoError("aggregator is in a failed state; reset() it")
             if self._sum is None:
                 raise WireError("no update has been accepted: nothing to aggregate")
-            return wire.pack(
-                self._params, KIND_AGGREGATE, [self._public.dump(c) for c in self._sum]
-            )
+            p, pub = self._params, self._public
+            if isinstance(pub, BfvPublic):
+                version = wire.version_for(p)
+                entries = [pub.dump(c, version) for c in self._sum]
+                return wire.pack(p, KIND_AGGREGATE, entries, version)
+            return wire.pack(p, KIND_AGGREGATE, [pub.dump(c) for c in self._sum])
 
     def reset(self) -> None:
         """Forget the running sum (start a new round)."""

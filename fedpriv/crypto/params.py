@@ -45,7 +45,10 @@ __all__ = [
 Scheme = Literal["bfv", "ckks"]
 
 FORMAT = "fedpriv.crypto.HEParams/1"
-BFV_Q_CANDIDATES = (32, 40, 48, 56, 60)
+# Every bit of q costs 1/32 of the float32 bytes on the wire (version 2 packs coefficients to
+# the bit size of their prime), so the smallest modulus that holds the sum is tried bit by bit;
+# 32 bits stays the floor (precision: t grows with q).
+BFV_Q_CANDIDATES = tuple(range(32, 61))
 BFV_DEFAULT_N = 4096
 # Automatic BFV ring degrees. N = 2048 allows at most 54 coefficient-modulus bits at 128-bit
 # security (enough for q <= 48) and halves the padding of small models; N = 4096 encrypts about

@@ -378,8 +378,12 @@ def deal_threshold_keys(
     value_range: float,
     out: Path,
     client_ids: Sequence[str],
+    min_quant_scale: int = 0,
 ) -> ThresholdParams:
     """Deal a threshold key for ``client_ids`` (share index i+1 for the i-th) into ``out``.
+
+    ``min_quant_scale`` raises the quantization scale above the threshold default (client-level
+    DP: a scale whose rounding stays within the clip norm).
 
     Writes ``out/server`` (public material only) and ``out/client`` (public material, every
     client's share under ``shares/``, the mask key). Nothing ever holds the whole secret: the
@@ -387,7 +391,7 @@ def deal_threshold_keys(
     """
     from fedpriv.config import threshold_for
     from fedpriv.crypto.threshold import deal
-    from fedpriv.crypto.tparams import choose_threshold_params
+    from fedpriv.crypto.tparams import DEFAULT_MIN_QUANT_SCALE, choose_threshold_params
 
     e = cfg.encryption
     params = choose_threshold_params(
@@ -399,6 +403,7 @@ def deal_threshold_keys(
         threshold_for(cfg),
         statistical_security=e.statistical_security,
         max_decryptions=e.max_decryptions,
+        min_quant_scale=max(DEFAULT_MIN_QUANT_SCALE, min_quant_scale),
         poly_modulus_degree=e.poly_modulus_degree,
     )
     dealt = deal(params)

@@ -5,7 +5,10 @@ Layout (integers big-endian)::
     b"FPHE" | version u8 | kind u8 | scheme u8 | params fingerprint (32 bytes, raw SHA-256)
     | count u32 | count x (length u32 | ciphertext bytes) | SHA-256 of everything before (32 bytes)
 
-``kind`` is 1 for a client update and 2 for an aggregate. The trailing digest detects
+``kind`` is 1 for a client update and 2 for an aggregate. Version 2 (BFV, what this code
+writes) carries bit-packed ciphertexts of an exact length (:mod:`fedpriv.crypto.packed`);
+version 1 carries SEAL's own zstd serialization (CKKS, and BFV blobs of earlier releases, still
+accepted). The trailing digest detects
 corruption only: anyone can recompute it, so it is no authentication. Authenticity must come
 from the transport (TLS plus SuperNode authentication), and a client holding the shared key can
 always submit any well-formed ciphertext (see the threat model in ``fedpriv.crypto``).
@@ -17,6 +20,7 @@ import hmac
 import struct
 from collections.abc import Sequence
 from hashlib import sha256
+from typing import NamedTuple
 
 from fedpriv.crypto.params import (
     KIND_AGGREGATE,
@@ -27,10 +31,22 @@ from fedpriv.crypto.params import (
 )
 from fedpriv.errors import WireError
 
-__all__ = ["KIND_AGGREGATE", "KIND_UPDATE", "MAGIC", "VERSION", "pack", "unpack"]
+__all__ = [
+    "KIND_AGGREGATE",
+    "KIND_UPDATE",
+    "LEGACY_VERSION",
+    "MAGIC",
+    "VERSION",
+    "Frame",
+    "pack",
+    "unpack",
+    "unpack_frame",
+    "version_for",
+]
 
 MAGIC = b"FPHE"
-VERSION = 1
+VERSION = 2
+LEGACY_VERSION = 1
 SCHEME_CODES = {"bfv": 1, "ckks": 2}
 KIND_NAMES = {KIND_UPDATE: "update", KIND_AGGREGATE: "aggregate"}
 _HEAD = struct.Struct(">4sBBB32sI")
@@ -38,12 +54,33 @@ _LEN = struct.Struct(">I")
 assert _HEAD.size == WIRE_HEADER_BYTES
 
 
-def pack(params: HEParams, kind: int, entries: Sequence[bytes]) -> bytes:
-    """Frame serialized ciphertexts as one blob."""
+class Frame(NamedTuple):
+    """A checked blob: its wire version, kind and ciphertext entries (not yet decoded)."""
+
+    version: int
+    kind: int
+    entries: list[bytes]
+
+
+def _versions(params: HEParams) -> tuple[int, ...]:
+    return (LEGACY_VERSION, VERSION) if params.scheme == "bfv" else (LEGACY_VERSION,)
+
+
+def version_for(params: HEParams) -> int:
+    """The version this code writes: 2 (packed) for BFV, 1 for CKKS."""
+    return VERSION if params.scheme == "bfv" else LEGACY_VERSION
+
+
+def pack(
+    params: HEParams, kind: int, entries: Sequence[bytes], version: int = LEGACY_VERSION
+) -> bytes:
+    """Frame ciphertext entries, already serialized for ``version``, as one blob."""
+    if version not in _versions(params):
+        raise ValueError(f"wire version {version} does not exist for {params.scheme}")
     parts = [
         _HEAD.pack(
             MAGIC,
-            VERSION,
+            version,
             kind,
             SCHEME_CODES[params.scheme],
             params.fingerprint_bytes(),
@@ -63,7 +100,18 @@ def unpack(
     kinds: frozenset[int],
     fingerprint: bytes | None = None,
 ) -> tuple[int, list[bytes]]:
-    """Check the framing of ``blob`` against ``params`` and return (kind, ciphertext entries).
+    """:func:`unpack_frame` without the version: (kind, ciphertext entries)."""
+    frame = unpack_frame(blob, params, kinds, fingerprint)
+    return frame.kind, frame.entries
+
+
+def unpack_frame(
+    blob: bytes,
+    params: HEParams,
+    kinds: frozenset[int],
+    fingerprint: bytes | None = None,
+) -> Frame:
+    """Check the framing of ``blob`` against ``params``; return its version, kind and entries.
 
     Nothing is decoded until the whole frame checks out: sizes, magic, version, kind, scheme,
     fingerprint, ciphertext count, every length, no trailing bytes, digest.
@@ -86,8 +134,11 @@ def unpack(
     magic, version, kind, scheme, fp, count = _HEAD.unpack_from(blob, 0)
     if magic != MAGIC:
         raise WireError("bad magic: not a fedpriv HE blob")
-    if version != VERSION:
-        raise WireError(f"unsupported wire version {version} (expected {VERSION})")
+    if version not in _versions(params):
+        raise WireError(
+            f"unsupported wire version {version} for {params.scheme} "
+            f"(expected {' or '.join(map(str, _versions(params)))})"
+        )
     if kind not in kinds:
         want = " or ".join(KIND_NAMES[k] for k in sorted(kinds))
         raise WireError(f"wrong blob kind {KIND_NAMES.get(kind, kind)!r}, expected {want}")
@@ -100,7 +151,13 @@ def unpack(
         raise WireError(f"ciphertext count {count}, parameters require {params.num_ciphertexts}")
     if size > params.max_blob_bytes_for(kind):
         raise WireError(f"{KIND_NAMES[kind]} blob too large: {size} bytes")
-    limit = params.max_entry_bytes(kind)
+    if version == VERSION:
+        from fedpriv.crypto.packed import packed_entry_bytes
+
+        exact: int | None = packed_entry_bytes(params, kind)
+        limit = exact
+    else:
+        exact, limit = None, params.max_entry_bytes(kind)
     end = size - WIRE_DIGEST_BYTES
     off = WIRE_HEADER_BYTES
     spans: list[tuple[int, int]] = []
@@ -113,6 +170,8 @@ def unpack(
             raise WireError(f"ciphertext {i} is empty")
         if n > limit:
             raise WireError(f"ciphertext {i} declares {n} bytes, at most {limit} allowed")
+        if exact is not None and n != exact:
+            raise WireError(f"ciphertext {i} declares {n} bytes, a packed one has {exact}")
         if off + n > end:
             raise WireError(f"truncated: ciphertext {i} declares {n} bytes, {end - off} left")
         spans.append((off, n))
@@ -121,4 +180,4 @@ def unpack(
         raise WireError(f"{end - off} unexpected bytes after the last ciphertext")
     if not hmac.compare_digest(sha256(blob[:end]).digest(), blob[end:]):
         raise WireError("digest mismatch: blob corrupted in transit")
-    return kind, [blob[o : o + n] for o, n in spans]
+    return Frame(version, kind, [blob[o : o + n] for o, n in spans])

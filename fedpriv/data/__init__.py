@@ -12,6 +12,7 @@ from fedpriv.data.partitioning import (
     clear_partition_cache,
     client_datasets,
     label_distribution,
+    local_split,
     partition,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "from_hf_dataset",
     "label_distribution",
     "load_dataset",
+    "local_split",
     "partition",
     "read_idx",
     "write_idx",

@@ -33,6 +33,7 @@ __all__ = [
     "clear_partition_cache",
     "client_datasets",
     "label_distribution",
+    "local_split",
     "partition",
 ]
 
@@ -257,4 +258,23 @@ def client_datasets(
     return (
         train.subset(perm[n_test:], name=f"{base}/train"),
         train.subset(perm[:n_test], name=f"{base}/test"),
+    )
+
+
+def local_split(
+    data: ArrayDataset, *, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """A device's own data as its whole partition: the local ``(train, test)`` split of
+    :func:`client_datasets` for partition 0 of 1, without running a partitioner (nothing to
+    split between clients, so neither ``datasets`` nor ``flwr_datasets`` is imported)."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise DataError(f"data.test_fraction: must be in [0, 1), got {test_fraction}")
+    if len(data) == 0:
+        raise DataError(f"dataset {data.name!r} is empty")
+    perm = np.random.default_rng([seed, 0]).permutation(len(data))
+    n_test = min(int(len(data) * test_fraction), len(data) - 1)
+    base = f"{data.name}/local"
+    return (
+        data.subset(perm[n_test:], name=f"{base}/train"),
+        data.subset(perm[:n_test], name=f"{base}/test"),
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,10 +64,12 @@ def resolve_grad_sample_mode(mode: str, model: torch.nn.Module) -> str:
 
     Measured by ``benchmarks/dp.py`` (CPU, one thread, batch 32; see docs/benchmarks.md): every
     mode matches a per-example reference to 1e-7, but ``ew`` and ``functorch`` crash on the
-    empty batches Poisson sampling draws for small clients, so only ``hooks`` and ``ghost``
-    qualify. ``hooks`` is fastest for small and convolutional models (``cnn``: 2.4x plain SGD
-    vs ghost 3.1x); ghost clipping wins when most parameters sit in Linear/Embedding layers
-    (``wide``, 417k parameters: 3.1x vs 23x with hooks, and a third of the training memory).
+    empty batches Poisson sampling draws for small clients. ``fused``
+    (:mod:`fedpriv.privacy.fused`: Opacus' per-sample gradients, one clip-sum-noise pass, no
+    backward hooks) is the fastest for small and convolutional models whose layers all have an
+    Opacus grad sampler; ghost clipping wins when most parameters sit in one large
+    Linear/Embedding layer (``wide``, 417k parameters: per-sample gradients would not fit the
+    cache). Anything else falls back to Opacus' ``hooks``.
     """
     if mode != "auto":
         return mode
@@ -79,7 +82,11 @@ def resolve_grad_sample_mode(mode: str, model: torch.nn.Module) -> str:
         if isinstance(m, (nn.Linear, nn.Embedding))
         for p in m.parameters(recurse=False)
     )
-    return "ghost" if total > 100_000 and linear / max(total, 1) > 0.8 else "hooks"
+    if total > 100_000 and linear / max(total, 1) > 0.8:
+        return "ghost"
+    from fedpriv.privacy.fused import fused_supported
+
+    return "fused" if fused_supported(model) else "hooks"
 
 
 class CsprngPoissonSampler:
@@ -112,14 +119,18 @@ class CsprngPoissonSampler:
         return self.steps
 
     def __iter__(self):  # type: ignore[no-untyped-def]
+        for idx in self.index_arrays():
+            yield idx.tolist()
+
+    def index_arrays(self):  # type: ignore[no-untyped-def]
+        """The same batches as int64 index arrays (no Python list per batch)."""
         import numpy as np
 
         for _ in range(self.steps):
             idx = np.flatnonzero(self.rng.bernoulli_mask(self.num_samples, self.sample_rate))
-            batch = idx.tolist()
             if self.observed is not None:
-                self.observed.append(batch)
-            yield batch
+                self.observed.append(idx.tolist())
+            yield idx
 
 
 def _tensors(data: ArrayDataset) -> torch.utils.data.TensorDataset:
@@ -150,14 +161,61 @@ def _poisson_loader(
     return DataLoader(ds, batch_sampler=sampler, collate_fn=collate), sampler
 
 
-def _shuffled_loader(
+def _shuffled_epochs(
     data: ArrayDataset, batch_size: int, rng: DpRandom
-) -> torch.utils.data.DataLoader[tuple[torch.Tensor, ...]]:
-    from torch.utils.data import DataLoader
+) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Epochs of shuffled batches: what a shuffling DataLoader yields (one permutation per
+    epoch from the generator), by tensor indexing instead of per-sample Python."""
+    import torch
 
-    return DataLoader(
-        _tensors(data), batch_size=batch_size, shuffle=True, generator=rng.torch_generator()
+    x, y = torch.tensor(data.x), torch.tensor(data.y)
+    gen = rng.torch_generator()
+    while True:
+        perm = torch.randperm(len(data), generator=gen)
+        yield [(x[i], y[i]) for i in perm.split(batch_size)]
+
+
+def _train_fused(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: ArrayDataset,
+    train: TrainConfig,
+    privacy: PrivacyConfig,
+    noise_multiplier: float,
+    rng: DpRandom,
+    keep: bool,
+) -> tuple[int, float, int, DpEvent, CsprngPoissonSampler]:
+    """DP-SGD epochs with :class:`~fedpriv.privacy.fused.FusedDpSgd` on CSPRNG Poisson batches.
+
+    Returns (steps, summed loss, examples seen, the round's DP event, the sampler).
+    """
+    import torch
+
+    from fedpriv.privacy.fused import FusedDpSgd
+
+    x, y = torch.tensor(data.x), torch.tensor(data.y)
+    per_epoch = math.ceil(len(data) / train.batch_size)
+    q = 1.0 / per_epoch  # = sample_rate(n, B), exactly as Opacus computes it from the loader
+    sampler = CsprngPoissonSampler(len(data), q, per_epoch, rng, keep=keep)
+    dp = FusedDpSgd(
+        model,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=privacy.max_grad_norm,
+        expected_batch_size=int(len(data) * q),  # Opacus' expected batch size
+        generator=rng.torch_generator(),
     )
+    steps, loss_sum, seen = 0, 0.0, 0
+    try:
+        for _ in range(train.local_epochs):
+            for idx in sampler.index_arrays():
+                i = torch.from_numpy(idx)
+                loss_sum += dp.compute_gradients(x[i], y[i])
+                optimizer.step()
+                steps += 1
+                seen += len(idx)
+    finally:
+        dp.close()
+    return steps, loss_sum, seen, DpEvent(float(noise_multiplier), q, steps), sampler
 
 
 def train_local(
@@ -186,15 +244,27 @@ def train_local(
     engine = None
     net: torch.nn.Module = model
     sampler: CsprngPoissonSampler | None = None
-    loader: torch.utils.data.DataLoader[tuple[torch.Tensor, ...]]
-    if privacy.mode in ("record", "both"):
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    dp_mode = (
+        resolve_grad_sample_mode(privacy.grad_sample_mode, model)
+        if privacy.mode in ("record", "both")
+        else ""
+    )
+    if dp_mode == "fused":
+        steps, loss_sum, seen, event, sampler = _train_fused(
+            model, optimizer, data, train, privacy, noise_multiplier, rng, keep_batches
+        )
+        model.eval()
+        batches = tuple(tuple(b) for b in sampler.observed) if sampler.observed else ()
+        return LocalTrainResult(len(data), steps, loss_sum / max(seen, 1), event, batches)
+    if dp_mode:
         from opacus import PrivacyEngine
 
         loader, sampler = _poisson_loader(data, train.batch_size, rng, keep_batches)
         # secure_mode=True would need torchcsprng (not installable for current torch); the
         # optimizer below gets the same construction with a CSPRNG-filled generator instead.
         engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=False)
-        mode = resolve_grad_sample_mode(privacy.grad_sample_mode, model)
+        mode = dp_mode
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = engine.make_private(
@@ -215,10 +285,11 @@ def train_local(
         # sample discarded), against floating-point attacks, from a CSPRNG-filled generator.
         optimizer.generator = rng.torch_generator()
         optimizer.secure_mode = True
-    else:
-        loader = _shuffled_loader(data, train.batch_size, rng)
+    epochs = _shuffled_epochs(data, train.batch_size, rng) if engine is None else None
     steps, loss_sum, seen = 0, 0.0, 0
     for _ in range(train.local_epochs):
+        if epochs is not None:
+            loader = next(epochs)
         for xb, yb in loader:
             optimizer.zero_grad(set_to_none=True)
             logits = net(xb)

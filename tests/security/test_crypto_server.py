@@ -71,7 +71,7 @@ def test_bfv_server_context_cannot_decrypt() -> None:
     # A key the server makes itself decrypts to noise, not to the update.
     own_key = seal.KeyGenerator(server_ctx).secret_key()
     (entry,) = unpack(agg.result(), params, frozenset({2}))[1]
-    ct = agg._public.load(entry, 2, 0)
+    ct = agg._public.load(entry, 2, 0, agg.result()[4])  # the wire version byte
     pt = seal.Plaintext()
     seal.Decryptor(server_ctx, own_key).decrypt(ct, pt)
     slots = np.asarray(seal.BatchEncoder(server_ctx).decode_int64(pt))

@@ -1,4 +1,9 @@
-"""Malformed blobs are refused with WireError before they touch the running sum."""
+"""Malformed blobs are refused with WireError before they touch the running sum.
+
+Both wire versions are fuzzed: version 2 (bit-packed BFV ciphertexts, what clients send now)
+and version 1 (SEAL's own serialization, still accepted). The SEAL-header cases apply to version
+1 only; version 2 has its own (exact lengths, coefficients not reduced, PRNG type).
+"""
 
 from __future__ import annotations
 
@@ -13,22 +18,41 @@ import pytest
 import tenseal.sealapi as seal
 
 from fedpriv.crypto import Aggregator, HEParams, KeyHolder, choose_params
+from fedpriv.crypto.packed import SEED_INFO_BYTES, packed_entry_bytes
 from fedpriv.crypto.params import WIRE_DIGEST_BYTES, WIRE_HEADER_BYTES
 from fedpriv.crypto.wire import pack
 from fedpriv.errors import CryptoError, WireError
 
-N_VALUES = 5000  # two BFV ciphertexts, so framing between entries is exercised
+N_VALUES = 5000  # several BFV ciphertexts, so framing between entries is exercised
+Setup = tuple[HEParams, KeyHolder, list[bytes], list[np.ndarray], list[int]]
 
 
-@pytest.fixture(scope="module")
-def setup() -> tuple[HEParams, KeyHolder, list[bytes], list[np.ndarray], list[int]]:
+def _setup(version: int) -> Setup:
     params = choose_params("bfv", N_VALUES, max_clients=4, max_weight=100, value_range=2.0)
     kh = KeyHolder.generate(params)
     rng = np.random.default_rng(0)
     xs = [rng.uniform(-2, 2, N_VALUES) for _ in range(3)]
     ws = [10, 55, 100]
-    blobs = [kh.encrypt(x, w).blob for x, w in zip(xs, ws, strict=True)]
+    blobs = [kh.encrypt(x, w, wire_version=version).blob for x, w in zip(xs, ws, strict=True)]
+    assert all(b[4] == version for b in blobs)
     return params, kh, blobs, xs, ws
+
+
+@pytest.fixture(scope="module")
+def setup() -> Setup:
+    """Version 1 blobs (SEAL's serialization inside the frame)."""
+    return _setup(1)
+
+
+@pytest.fixture(scope="module")
+def setup_v2() -> Setup:
+    """Version 2 blobs (bit-packed), what KeyHolder.encrypt writes by default."""
+    return _setup(2)
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["v1-seal", "v2-packed"])
+def setup_any(request: pytest.FixtureRequest, setup: Setup, setup_v2: Setup) -> Setup:
+    return setup if request.param == 1 else setup_v2
 
 
 def _assert_sum(kh: KeyHolder, agg: Aggregator, xs: list[np.ndarray], ws: list[int]) -> None:
@@ -58,7 +82,8 @@ CASES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "trailing garbage": (lambda b: b + b"\x00" * 8, "unexpected bytes"),
     "resealed trailing garbage": (lambda b: _reseal(b + b"junk" + b[-32:]), "unexpected bytes"),
     "magic": (lambda b: b"FPHX" + b[4:], "magic"),
-    "version": (lambda b: _set(b, 4, b"\x02"), "version"),
+    "version": (lambda b: _set(b, 4, b"\x07"), "version"),
+    "v1 framed as v2": (lambda b: _set(b, 4, b"\x02"), "packed|at most"),
     "kind": (lambda b: _set(b, 5, b"\x07"), "kind"),
     "kind aggregate": (lambda b: _set(b, 5, b"\x02"), "kind"),
     "scheme": (lambda b: _set(b, 6, b"\x02"), "scheme"),
@@ -81,12 +106,55 @@ CASES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
 }
 
 
+def _first_seed_info(params: HEParams) -> int:
+    """Offset of the first packed update's PRNG type byte in a version 2 blob."""
+    return WIRE_HEADER_BYTES + 4 + packed_entry_bytes(params, 1) - SEED_INFO_BYTES
+
+
+P = choose_params("bfv", N_VALUES, max_clients=4, max_weight=100, value_range=2.0)
+ENTRY = packed_entry_bytes(P, 1)
+# Cases that apply to version 2 blobs (first entry at offset 47, ENTRY bytes long).
+CASES_V2: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+    **{
+        k: v
+        for k, v in CASES.items()
+        if not k.startswith(("SEAL", "v1 framed")) and k != "length off by one"
+    },
+    "v2 framed as v1": (lambda b: _set(b, 4, b"\x01"), "SEAL header|compression|shorter"),
+    "packed length off by one": (
+        lambda b: _set(b, WIRE_HEADER_BYTES, struct.pack(">I", ENTRY - 1)),
+        "packed one has",
+    ),
+    "packed length plus one": (
+        lambda b: _set(b, WIRE_HEADER_BYTES, struct.pack(">I", ENTRY + 1)),
+        "at most|packed one has",
+    ),
+    "coefficient not reduced": (
+        lambda b: _set(b, WIRE_HEADER_BYTES + 4, b"\xff" * 4),  # 32 one-bits >= q
+        "not reduced",
+    ),
+    "last coefficient not reduced": (
+        lambda b: _set(b, _first_seed_info(P) - 4, b"\xff" * 4),
+        "not reduced",
+    ),
+    "PRNG type unknown": (lambda b: _set(b, _first_seed_info(P), b"\x00"), "PRNG type"),
+    "PRNG type out of range": (lambda b: _set(b, _first_seed_info(P), b"\x09"), "PRNG type"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES_V2))
+def test_malformed_v2_blob_is_refused_and_sum_kept(setup_v2: Setup, case: str) -> None:
+    _refused_and_sum_kept(setup_v2, *CASES_V2[case])
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_malformed_blob_is_refused_and_sum_kept(
-    setup: tuple[HEParams, KeyHolder, list[bytes], list[np.ndarray], list[int]], case: str
-) -> None:
+def test_malformed_blob_is_refused_and_sum_kept(setup: Setup, case: str) -> None:
+    _refused_and_sum_kept(setup, *CASES[case])
+
+
+def _refused_and_sum_kept(setup: Setup, mutate: Callable[[bytes], bytes], reason: str) -> None:
     params, kh, blobs, xs, ws = setup
-    mutate, reason = CASES[case]
+    assert params == P
     agg = Aggregator(params)
     agg.add(blobs[0])
     bad = mutate(blobs[1])
@@ -101,9 +169,9 @@ def test_malformed_blob_is_refused_and_sum_kept(
 
 
 def test_blob_from_other_params_is_refused(
-    setup: tuple[HEParams, KeyHolder, list[bytes], list[np.ndarray], list[int]],
+    setup_any: Setup,
 ) -> None:
-    params, _, _, xs, _ = setup
+    params, _, _, xs, _ = setup_any
     other = choose_params("bfv", N_VALUES, max_clients=4, max_weight=99, value_range=2.0)
     assert other.num_ciphertexts == params.num_ciphertexts
     foreign = KeyHolder.generate(other).encrypt(xs[0], 5).blob
@@ -120,9 +188,9 @@ def test_blob_from_other_params_is_refused(
 
 
 def test_aggregate_is_not_an_update_and_too_many_summands(
-    setup: tuple[HEParams, KeyHolder, list[bytes], list[np.ndarray], list[int]],
+    setup_any: Setup,
 ) -> None:
-    params, kh, blobs, xs, ws = setup
+    params, kh, blobs, xs, ws = setup_any
     agg = Aggregator(params)
     for b in blobs:
         agg.add(b)
@@ -182,9 +250,9 @@ def _mutate(rng: random.Random, blob: bytes) -> bytes:
 
 
 def test_mutation_loop_keeps_running_sum_correct(
-    setup: tuple[HEParams, KeyHolder, list[bytes], list[np.ndarray], list[int]],
+    setup_any: Setup,
 ) -> None:
-    params, kh, blobs, xs, ws = setup
+    params, kh, blobs, xs, ws = setup_any
     rng = random.Random(20240601)
     agg = Aggregator(params)
     agg.add(blobs[0])
@@ -234,11 +302,40 @@ def test_resealed_ciphertext_mutations_never_crash(
     assert refused > 0 and accepted + refused == 300
 
 
+def test_resealed_packed_mutations_never_crash(setup_v2: Setup) -> None:
+    """Version 2 payload mutations behind a valid digest: only WireError may escape.
+
+    A packed coefficient that stays below q is a valid ciphertext (SEAL has no integrity
+    either); one pushed to q or above, a wrong PRNG type or a wrong length is refused.
+    """
+    params, _, blobs, _, _ = setup_v2
+    rng = random.Random(8)
+    agg = Aggregator(params)
+    first, seed_at = WIRE_HEADER_BYTES + 4, _first_seed_info(params)
+    accepted = refused = 0
+    for _ in range(300):
+        b = bytearray(blobs[0])
+        op = rng.randrange(3)
+        if op == 0:
+            b[rng.randrange(first, len(b) - WIRE_DIGEST_BYTES)] ^= 1 << rng.randrange(8)
+        elif op == 1:  # all ones in one 32-bit coefficient: at least q
+            c = rng.randrange(params.poly_modulus_degree)
+            b[first + 4 * c : first + 4 * c + 4] = b"\xff\xff\xff\xff"
+        else:
+            b[seed_at] = rng.choice([0, 3, 255])
+        try:
+            agg.validate(_reseal(bytes(b)))
+            accepted += 1
+        except WireError:
+            refused += 1
+    assert refused >= 150 and accepted > 0 and accepted + refused == 300
+
+
 def test_accepted_corruption_never_yields_a_wrong_mean(
-    setup: tuple[HEParams, KeyHolder, list[bytes], list[np.ndarray], list[int]],
+    setup_any: Setup,
 ) -> None:
     """A payload flip SEAL cannot see is either absorbed as noise or caught at decryption."""
-    params, kh, blobs, xs, ws = setup
+    params, kh, blobs, xs, ws = setup_any
     rng = random.Random(11)
     first = WIRE_HEADER_BYTES + 4
     outcomes = {"refused": 0, "harmless": 0, "caught": 0}

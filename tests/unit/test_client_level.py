@@ -2,6 +2,7 @@
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,3 +137,24 @@ def test_client_level_config_rules() -> None:
         load_config(None, ["privacy.mode=client", "encryption.scheme=ckks"])
     with pytest.raises(ConfigError, match="client_clip_norm"):
         load_config(None, ["privacy.mode=both", "privacy.client_clip_norm=0"])
+
+
+@pytest.mark.parametrize("custody", ["shared", "threshold"])
+def test_dealt_keys_round_within_the_clip_norm(custody: str, tmp_path: Path) -> None:
+    """Client-level DP keys get a quantization scale whose rounding (sqrt(d)/s) stays within
+    the clip norm, under either key custody (clients refuse keys where it does not)."""
+    from fedpriv.keys import deal_keys
+
+    n = 6090
+    cfg = load_config(
+        None,
+        [
+            "privacy.mode=client",
+            "privacy.client_clip_norm=0.05",
+            "federation.num_clients=4",
+            f"encryption.key_custody={custody}",
+        ],
+    )
+    params = deal_keys(cfg, num_values=n, max_weight=1, out=tmp_path)
+    scale = float(params.quant_scale)  # type: ignore[union-attr]
+    assert rounding_norm(n, scale) <= cfg.privacy.client_clip_norm
