@@ -7,10 +7,12 @@ client key folder only) and the public parameters the server aggregates with.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from fedpriv.config import RunConfig
 from fedpriv.crypto.codec import PublicParams
+from fedpriv.crypto.params import MIN_QUANT_SCALE
 from fedpriv.crypto.plain import PlainParams
 from fedpriv.fileio import atomic_write_text
 
@@ -32,6 +34,7 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
 
         e = cfg.encryption
         value_range = e.value_range
+        min_scale = MIN_QUANT_SCALE
         if cfg.client_dp:
             from fedpriv.privacy.client_level import client_level_plan
 
@@ -40,6 +43,14 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
             # at the clip norm (clients refuse parameters whose rounding would exceed that).
             max_weight = 1
             value_range += client_level_plan(cfg, cfg.privacy.client_clip_norm).headroom
+        elif cfg.distributed_dp:
+            from fedpriv.privacy.distributed import MIN_SCALE_PER_ROOT, headroom
+
+            # Clipped gradient sums in units of C, each client counted once, room for the noise,
+            # and a scale fine enough that rounding adds at most 1% to the sensitivity.
+            max_weight = 1
+            value_range += headroom(cfg)
+            min_scale = max(min_scale, math.ceil(MIN_SCALE_PER_ROOT * math.sqrt(num_values)))
         he = choose_params(
             e.scheme,
             num_values=num_values,
@@ -49,6 +60,7 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
             poly_modulus_degree=e.poly_modulus_degree,
             coeff_modulus_bits=e.coeff_modulus_bits,
             scale_bits=e.ckks_scale_bits,
+            min_quant_scale=min_scale,
         )
         holder = KeyHolder.generate(he)
         params = he

@@ -94,11 +94,26 @@ def _evaluate_rounds(
     loss0, acc0 = evaluate(model, test)
     doc["initial_heldout_accuracy"], doc["initial_heldout_loss"] = acc0, loss0
     last = None
+    replay = None
+    if cfg.distributed_dp:
+        # Aggregates are noisy gradients: replay the clients' steps from the seeded model.
+        from fedpriv.privacy.distributed import ModelReplay
+
+        replay = ModelReplay(cfg, codec.params, model)
+    every = max(1, cfg.simulation.eval_every)
+    final = max(
+        (r["round"] for r in doc["rounds"] if rd.global_blob(r["round"]).exists()), default=0
+    )
     for r in doc["rounds"]:
         path = rd.global_blob(r["round"])
         if not path.exists():
             continue
         mean, total_weight, count = codec.decode(path.read_bytes())
+        if replay is not None:
+            mean = replay.step(r["round"], mean, total_weight, count)
+            r["model_sha256"] = replay.digest()
+        if r["round"] % every and r["round"] != final:
+            continue
         set_flat_params(model, mean)
         r["heldout_loss"], r["heldout_accuracy"] = evaluate(model, test)
         r["aggregate_total_weight"], r["aggregate_count"] = total_weight, count
@@ -107,11 +122,33 @@ def _evaluate_rounds(
         last = r["round"]
     doc["heldout_examples"] = len(test)
     doc["final_round"] = last
+    if replay is not None:
+        doc["distributed_replay"] = _compare_models(rd, doc["rounds"], replay.discarded)
     if last is not None:
         save_weights(model, rd.model)
     from fedpriv.fileio import atomic_write_text
 
     atomic_write_text(rd.metrics, json.dumps(doc, indent=2, sort_keys=True), mode=0o644)
+
+
+def _compare_models(
+    rd: RunDir, rounds: list[dict[str, Any]], discarded: list[int]
+) -> dict[str, Any]:
+    """Do the clients' signed model digests match the key holder's replay? (distributed DP)"""
+    from fedpriv.privacy.ledger import read_chain
+
+    after = {r["round"]: r["model_sha256"] for r in rounds if "model_sha256" in r}
+    checked, mismatches = 0, []
+    for e in read_chain(rd.ledger):
+        doc = json.loads(e.get("client_record") or "{}")
+        info = doc.get("distributed") or {}
+        applied = info.get("applied_round")
+        if doc.get("status") != "trained" or not applied:
+            continue
+        checked += 1
+        if after.get(applied) != info.get("model_sha256"):
+            mismatches.append({"round": e.get("round"), "client_id": e.get("client_id")})
+    return {"records_checked": checked, "mismatches": mismatches, "discarded_rounds": discarded}
 
 
 def simulate(
@@ -156,9 +193,6 @@ def simulate(
         raise FedprivError(
             f"{root}: run folder exists and is not empty; choose another --out or --resume"
         )
-    else:
-        rd.root.mkdir(parents=True, exist_ok=True)
-        _write_config(cfg, rd)
     d = cfg.data
     train, test = load_dataset(
         d.dataset,
@@ -168,10 +202,29 @@ def simulate(
         max_samples=d.max_samples,
     )
     sizes = partition_sizes(cfg, train)
+    if cfg.distributed_dp and cfg.privacy.total_records == 0:
+        # N is public: the data owners (here, the runner that deals their keys) declare it.
+        import dataclasses
+
+        cfg = dataclasses.replace(
+            cfg, privacy=dataclasses.replace(cfg.privacy, total_records=sum(sizes))
+        )
+    if not resume:
+        rd.root.mkdir(parents=True, exist_ok=True)
+        _write_config(cfg, rd)
     model = build_model(cfg.train.model, train.input_shape, train.num_classes, seed=cfg.seed)
     max_weight = cfg.encryption.max_examples_per_client or max(sizes)
     if not resume:
         deal_keys(cfg, num_values=num_params(model), max_weight=max_weight, out=rd.keys)
+    # Virtual devices on this machine share the accountant's pure results (one PRV evaluation
+    # per distinct history instead of one per device process); removed after the run.
+    import tempfile
+
+    from fedpriv.privacy.accounting import MEMO_ENV
+
+    memo = tempfile.mkdtemp(prefix="fedpriv-accountant-")
+    old_memo = os.environ.get(MEMO_ENV)
+    os.environ[MEMO_ENV] = memo
     try:
         if engine == "python":
             _run_python_engine(
@@ -196,6 +249,13 @@ def simulate(
             )
     finally:
         _shutdown_ray()
+        import shutil
+
+        shutil.rmtree(memo, ignore_errors=True)
+        if old_memo is None:
+            os.environ.pop(MEMO_ENV, None)
+        else:
+            os.environ[MEMO_ENV] = old_memo
     if not rd.metrics.exists():
         raise RunFailedError(
             "simulation finished without writing metrics (the ServerApp did not run)"

@@ -32,7 +32,7 @@ def _progress_printer(console: Any, cfg: Any) -> Any:
             + (f"  refused {refused}" if refused else "")
             + (f"  rejected/failed {bad}" if bad else "")
             + f"  fed-acc {acc}"
-            + (f"  eps max {max(eps):.2f}" if eps and cfg.record_dp else "")
+            + (f"  eps max {max(eps):.2f}" if eps and cfg.record_level else "")
             + (f"  up {sum(up) / len(up) / 1024:.1f} KiB/client" if up else "")
             + f"  {rec.seconds:.1f}s"
         )
@@ -70,13 +70,13 @@ def _summary(console: Any, result: Any, cfg: Any) -> None:
             f"{r['federated_accuracy']:.4f}" if r.get("federated_accuracy") is not None else "-",
             f"{r['accepted']}/{r['sampled']}",
             str(r["refused"]),
-            f"{max(eps):.3f}" if eps and cfg.record_dp else "-",
+            f"{max(eps):.3f}" if eps and cfg.record_level else "-",
             f"{sum(ups) / len(ups) / 1024:.1f}" if ups else "-",
             f"{sum(downs) / len(downs) / 1024:.1f}" if downs else "-",
             f"{r['seconds']:.1f}",
         )
     console.print(t)
-    if cfg.record_dp:
+    if cfg.record_level:
         et = Table(
             title=f"epsilon spent per client (delta={cfg.privacy.delta:g}, accountant={cfg.privacy.accountant}, budget {cfg.privacy.max_epsilon:g})"
         )
@@ -145,6 +145,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_central(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from fedpriv.config import load_config
+    from fedpriv.experiments.central import run_central
+
+    cfg = load_config(args.config, args.overrides)
+    res = run_central(
+        cfg,
+        validation_fraction=args.validation,
+        out=args.out,
+        log=None if args.quiet else print,
+    )
+    doc = asdict(res)
+    doc.pop("curve")
+    print(json.dumps(doc, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fedpriv",
@@ -186,6 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
         "the OS CSPRNG; the run is marked NOT private",
     )
     s.set_defaults(func=cmd_simulate)
+    c = sub.add_parser(
+        "central",
+        help="central DP-SGD on the union of the clients' data (the ceiling of distributed DP)",
+    )
+    add_config_args(c)
+    c.add_argument("--out", type=Path, default=None, help="folder for metrics.json (optional)")
+    c.add_argument(
+        "--validation",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="hold out this share of the training data and evaluate on it (tuning), not on the"
+        " test set",
+    )
+    c.add_argument("--quiet", action="store_true", help="no per-evaluation progress")
+    c.set_defaults(func=cmd_central)
     from fedpriv.cli.sweep_cmd import add_sweep_parser
 
     add_sweep_parser(sub)
