@@ -62,6 +62,9 @@ class DataConfig:
     classes_per_partition: int = 2
     max_samples: int = 0
     """Use at most this many training samples (0 = all)."""
+    validation_fraction: float = 0.0
+    """Hyperparameter tuning: hold out this share of the training data and evaluate on it
+    instead of the test set (which is then never read). 0 = evaluate on the test set."""
 
 
 @dataclass(frozen=True)
@@ -316,6 +319,10 @@ def _check(cfg: RunConfig) -> list[str]:
     need(d.alpha > 0, f"data.alpha: must be > 0, got {d.alpha}")
     need(d.classes_per_partition >= 1, "data.classes_per_partition: must be >= 1")
     need(d.max_samples >= 0, "data.max_samples: must be >= 0")
+    need(
+        0.0 <= d.validation_fraction < 1.0,
+        f"data.validation_fraction: must be in [0, 1), got {d.validation_fraction}",
+    )
     f = cfg.federation
     need(f.num_clients >= 1, f"federation.num_clients: must be >= 1, got {f.num_clients}")
     need(

@@ -121,6 +121,8 @@ def _evaluate_rounds(
             r["quantization_error_bound"] = float(codec.params.error_bound(int(total_weight)))  # type: ignore[attr-defined]
         last = r["round"]
     doc["heldout_examples"] = len(test)
+    # data.validation_fraction > 0: the "held-out" set is a validation split (tuning runs).
+    doc["heldout_set"] = "validation" if cfg.data.validation_fraction > 0 else "test"
     doc["final_round"] = last
     if replay is not None:
         doc["distributed_replay"] = _compare_models(rd, doc["rounds"], replay.discarded)
@@ -200,6 +202,7 @@ def simulate(
         holdout_fraction=d.holdout_fraction,
         seed=cfg.seed,
         max_samples=d.max_samples,
+        validation_fraction=d.validation_fraction,
     )
     sizes = partition_sizes(cfg, train)
     if cfg.distributed_dp and cfg.privacy.total_records == 0:

@@ -211,6 +211,7 @@ def _local_data(cfg: RunConfig, settings: ClientSettings, context: Context) -> t
         holdout_fraction=d.holdout_fraction,
         seed=cfg.seed,
         max_samples=d.max_samples,
+        validation_fraction=d.validation_fraction,
     )
     if settings.data:
         pid, n = 0, 1  # the device's own data is its whole partition

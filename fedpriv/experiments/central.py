@@ -65,6 +65,7 @@ def central_datasets(
         holdout_fraction=d.holdout_fraction,
         seed=cfg.seed,
         max_samples=d.max_samples,
+        validation_fraction=d.validation_fraction,
     )
     parts = [
         client_datasets(
@@ -82,7 +83,8 @@ def central_datasets(
     x = np.concatenate([p.x for p in parts])
     y = np.concatenate([p.y for p in parts])
     if validation_fraction <= 0:
-        return ArrayDataset(x=x, y=y, num_classes=train.num_classes, name="union"), test, "test"
+        where = "validation" if d.validation_fraction > 0 else "test"
+        return ArrayDataset(x=x, y=y, num_classes=train.num_classes, name="union"), test, where
     if not 0 < validation_fraction < 1:
         raise ConfigError(f"validation fraction must be in (0, 1), got {validation_fraction}")
     from sklearn.model_selection import train_test_split

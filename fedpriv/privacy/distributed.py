@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -124,14 +125,23 @@ def share_std_for(sigma: float, k: int, sensitivity: float, num_values: int) -> 
     """Smallest per-client share std whose ``k`` shares reach ``sigma_effective >= sigma``."""
     if sigma <= 0:
         raise StateError(f"DDGauss: the noise multiplier must be > 0, got {sigma}")
-    std = sigma * sensitivity / math.sqrt(k)
+    lo = sigma * sensitivity / math.sqrt(k)  # the continuous answer: never enough when tau > 0
+    if sigma_effective(lo, k, sensitivity, num_values) >= sigma:
+        return lo
+    hi = lo
     for _ in range(200):
-        if sigma_effective(std, k, sensitivity, num_values) >= sigma:
-            return std
-        std *= 1.01
-    raise StateError(
-        f"DDGauss: no share std reaches sigma {sigma} (k={k}, sensitivity {sensitivity})"
-    )
+        hi *= 2.0
+        if sigma_effective(hi, k, sensitivity, num_values) >= sigma:
+            break
+    else:
+        raise StateError(f"DDGauss: no share std reaches sigma {sigma} (k={k})")
+    while hi / lo > 1 + 1e-9:  # bisection: the smallest std that reaches sigma
+        mid = math.sqrt(lo * hi)
+        if sigma_effective(mid, k, sensitivity, num_values) >= sigma:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 # --------------------------------------------------------------------------- plan
@@ -409,7 +419,10 @@ def clipped_gradient_sum(
                 p.grad_sample = None  # type: ignore[attr-defined]
                 p.grad = None
             loss = crit(gsm(xb), yb)
-            loss.backward()
+            with warnings.catch_warnings():
+                # Opacus' hooks on a first layer whose input needs no gradient: expected.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                loss.backward()
             loss_sum += float(loss.detach())
             flat = torch.cat(
                 [p.grad_sample.reshape(len(yb), -1) for p in params],  # type: ignore[attr-defined]

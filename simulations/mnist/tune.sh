@@ -5,6 +5,8 @@
 # (`fedpriv central --validation 0.1`): the official test set is never looked at while tuning.
 # Usage: simulations/mnist/tune.sh BASE.toml OUT.jsonl EPSILONS "KEY=V ..." ["KEY=V ..."]...
 set -u
+# One thread per run: the machine this ran on was shared.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 base=$1; out=$2; eps_list=$3; shift 3
 for eps in $eps_list; do
   for combo in "$@"; do
