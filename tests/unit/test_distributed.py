@@ -381,3 +381,41 @@ def test_model_state_roundtrip_and_binding(tmp_path: Path) -> None:
     bad["params"] = np.array([np.nan] * 5)
     with pytest.raises(StateError):
         OptimizerState.from_arrays(bad, 5)
+
+
+def test_server_sends_each_client_the_aggregates_it_has_not_applied() -> None:
+    from fedpriv.crypto.plain import PlainParams
+    from fedpriv.privacy.ledger import RECORD_FORMAT, make_record
+    from fedpriv.protocol import MAX_AGGREGATES
+    from fedpriv.strategy.distributed import DistributedFedAvg
+
+    stored = {r: f"agg{r}".encode() for r in range(1, 71)}
+    s = DistributedFedAvg(
+        PlainParams(10, 3),
+        "{}",
+        num_clients=3,
+        seed=0,
+        run_id="run",
+        load_aggregate=stored.get,
+        aggregate_rounds=[r for r in stored if r != 5],  # round 5 produced no aggregate
+    )
+    assert s.latest_aggregate == 70
+    # a client the server has not heard from gets the most recent ones
+    unknown = s._pending(node=11)
+    assert [r for r, _ in unknown] == list(range(7, 71)) and len(unknown) == MAX_AGGREGATES
+    # its signed record names the last round it applied: from then on it gets what follows
+    rec, _ = make_record(
+        RECORD_FORMAT,
+        {"run_id": "run", "round": 71, "client_id": "client-0", "node_id": 11, "applied_round": 3},
+    )
+    s._check_record(RECORD_FORMAT, rec, b"", "client-0", 11, 71)
+    pending = s._pending(node=11)
+    assert [r for r, _ in pending][:3] == [4, 6, 7] and len(pending) == MAX_AGGREGATES
+    assert dict(pending)[4] == b"agg4"
+    # a claim beyond what exists is capped; an up-to-date client gets nothing
+    rec, _ = make_record(
+        RECORD_FORMAT,
+        {"run_id": "run", "round": 71, "client_id": "client-0", "node_id": 11, "applied_round": 99},
+    )
+    s._check_record(RECORD_FORMAT, rec, b"", "client-0", 11, 71)
+    assert s._pending(node=11) == ()
