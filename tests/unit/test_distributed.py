@@ -174,9 +174,10 @@ def test_custody_names() -> None:
 
 def test_max_rounds_within_budget() -> None:
     ev = DpEvent(1.0, 0.1, 1)
-    r = max_rounds_within(ev, 1e-5, 2.0, 500)
-    assert opacus_epsilon([DpEvent(1.0, 0.1, r)], 1e-5, "prv") <= 2.0
-    assert opacus_epsilon([DpEvent(1.0, 0.1, r + 1)], 1e-5, "prv") > 2.0
+    r = max_rounds_within(ev, 1e-5, 4.0, 200, accountant="rdp")
+    assert 0 < r < 200
+    assert opacus_epsilon([DpEvent(1.0, 0.1, r)], 1e-5, "rdp") <= 4.0
+    assert opacus_epsilon([DpEvent(1.0, 0.1, r + 1)], 1e-5, "rdp") > 4.0
     assert max_rounds_within(ev, 1e-5, 100.0, 20) == 20
 
 
