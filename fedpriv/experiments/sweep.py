@@ -318,9 +318,20 @@ def write_results(
     import matplotlib.pyplot as plt
 
     docs.mkdir(parents=True, exist_ok=True)
-    panels = sorted({(r.get("dataset", ""), r["split"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (ds, split) in zip(axes[0], panels, strict=True):
+    # One panel per (dataset, split) with finished runs, two per row.
+    panels = sorted({(r.get("dataset", ""), r["split"]) for r in rows if r["seeds"]}) or [("", "")]
+    ncols = min(2, len(panels))
+    nrows = -(-len(panels) // ncols)
+
+    def grid() -> tuple[Any, list[Any]]:
+        fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4.2 * nrows), squeeze=False)
+        flat = list(axes.flat)
+        for extra in flat[len(panels) :]:
+            extra.set_visible(False)
+        return fig, flat
+
+    fig, axes_list = grid()
+    for ax, (ds, split) in zip(axes_list, panels, strict=False):
         here = [r for r in rows if (r.get("dataset", ""), r["split"]) == (ds, split) and r["seeds"]]
         for mode, marker, label in _MODES:
             # One line per mode and client count (e.g. client-level DP over 1,000 clients).
@@ -351,15 +362,18 @@ def write_results(
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{ds} {split}".strip())
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(docs / "results_accuracy_vs_epsilon.png", dpi=120)
     plt.close(fig)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (ds, split) in zip(axes[0], panels, strict=True):
+    fig, axes_list = grid()
+    for ax, (ds, split) in zip(axes_list, panels, strict=False):
         for r in rows:
             if (r.get("dataset", ""), r["split"]) != (ds, split) or not r["curves"]:
                 continue
+            if r["privacy_mode"] == "off" and r.get("runner") != "central":
+                continue  # FedAvg rounds are not steps: kept out of this plot
             n = min(len(c) for c in r["curves"])
             xs = [r["curves"][0][i][0] for i in range(n)]
             mean = [100 * statistics.fmean(c[i][1] for c in r["curves"]) for i in range(n)]
@@ -368,7 +382,8 @@ def write_results(
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{ds} {split}".strip())
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(docs / "results_accuracy_vs_round.png", dpi=120)
     plt.close(fig)
