@@ -12,6 +12,9 @@ install-dev:
 	$(PYTHON) -m pip install -q "$(TORCH)" -e ".[dev]"
 	# Headless Chromium renders the privacy report in tests (CI runs as root on Debian).
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
+	# nginx fronts the SuperLink in `fedpriv server start` and its tests (Debian's package; the
+	# binary is in /usr/sbin, which a user's PATH may lack).
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update && apt-get install -y nginx)
 
 simulate: install
 	fedpriv simulate

@@ -53,7 +53,7 @@ def worker(name: str) -> None:
     from benchmarks.round import run_setting
     from fedpriv.config import load_config
     from fedpriv.data import load_dataset
-    from fedpriv.simulation import partition_sizes
+    from fedpriv.runs.prepare import partition_sizes
 
     cfg = load_config(None, SETTINGS[name])
     train, _ = load_dataset(cfg.data.dataset, seed=cfg.seed)

@@ -177,7 +177,7 @@ def _partition_sizes(rounds: int, clients: int) -> dict[str, int]:
     """Training examples per client (the server does not learn them under encryption)."""
     from fedpriv.config import load_config
     from fedpriv.data import load_dataset
-    from fedpriv.simulation import partition_sizes
+    from fedpriv.runs.prepare import partition_sizes
 
     cfg = load_config(None, [f"rounds={rounds}", f"federation.num_clients={clients}"])
     d = cfg.data

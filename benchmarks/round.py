@@ -29,13 +29,19 @@ non-private round.
 ``--simulate`` also runs the same four settings on Flower's simulation engine (Ray, 2 workers)
 and reports its per-round wall time.
 
-Run: ``python -m benchmarks.round``.
+Key custody: ``DP + BFV, threshold custody`` runs the same round with the secret Shamir-shared
+(T = 6 of 10): after aggregation T clients answer a ``train.decrypt`` request with a masked
+partial decryption, the server combines, and the next instruction carries the combined blob.
+The "threshold decryption" phase is the clients' partial decryptions and the server's combine;
+the traffic table gives the protocol-level bytes per client per round (Flower-serialized
+messages, as a device sends and receives them) for both custodies, against float32.
+
+Run: ``python -m benchmarks.round`` (``--custody``: only the two custody settings).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import queue
 import socket
 import tempfile
@@ -55,18 +61,28 @@ PHASES = (
     "serialization",
     "transfer",
     "server aggregation",
+    "threshold decryption",
     "decrypt",
     "evaluation",
     "other",
 )
-HE_PHASES = ("quantize+encrypt", "serialization", "transfer", "server aggregation", "decrypt")
+HE_PHASES = (
+    "quantize+encrypt",
+    "serialization",
+    "transfer",
+    "server aggregation",
+    "threshold decryption",
+    "decrypt",
+)
 SETTINGS: dict[str, list[str]] = {
     "DP + BFV (default)": [],
     "DP, no encryption": ["encryption.scheme=off"],
     "BFV, no DP": ["privacy.mode=off"],
     "neither (plaintext FedAvg)": ["privacy.mode=off", "encryption.scheme=off"],
     "DP + CKKS": ["encryption.scheme=ckks"],
+    "DP + BFV, threshold custody": ["encryption.key_custody=threshold"],
 }
+CUSTODY = ("DP + BFV (default)", "DP + BFV, threshold custody")
 
 
 class Phases:
@@ -154,6 +170,8 @@ class InProcessGrid:
         self.node_ids: list[int] = []
         self.bytes_down = 0
         self.bytes_up = 0
+        # (message type, node) -> [bytes down, bytes up, messages]: traffic per client
+        self.traffic: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
         self.link = Loopback()
 
     def get_node_ids(self) -> list[int]:
@@ -180,6 +198,8 @@ class InProcessGrid:
             reply = self.handlers[msg.metadata.message_type](arrived, node)
             back, n_up = self._carry(reply)
             self.bytes_up += n_up
+            t = self.traffic[(str(msg.metadata.message_type), node)]
+            t[0], t[1], t[2] = t[0] + n_down, t[1] + n_up, t[2] + 1
             replies.append(back)
         return replies
 
@@ -198,16 +218,19 @@ def run_setting(
 
     import fedpriv.apps.client as client_mod
     import fedpriv.crypto.bfv as bfv_mod
+    import fedpriv.crypto.threshold as threshold_mod
     import fedpriv.crypto.wire as wire_mod
     import fedpriv.privacy as privacy_mod
     import fedpriv.privacy.accounting as accounting
     from fedpriv.apps.client import ClientSettings, handle_evaluate, handle_train
-    from fedpriv.config import config_to_dict, load_config
+    from fedpriv.apps.decrypt import handle_decrypt
+    from fedpriv.config import load_config
     from fedpriv.crypto.codec import ClientCodec, load_params_file
     from fedpriv.data import load_dataset
     from fedpriv.keys import deal_keys
     from fedpriv.models import build_model, num_params
-    from fedpriv.simulation import partition_sizes
+    from fedpriv.protocol import request_json
+    from fedpriv.runs.prepare import partition_sizes
     from fedpriv.strategy.core import EncryptedFedAvg
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
@@ -244,7 +267,13 @@ def run_setting(
         handlers = {
             "train": lambda m, n: handle_train(m, contexts[n], settings),
             "evaluate": lambda m, n: handle_evaluate(m, contexts[n], settings),
+            "train.decrypt": lambda m, n: handle_decrypt(m, contexts[n], settings),
         }
+        threshold = None
+        if getattr(params, "custody", "shared") == "threshold":
+            from fedpriv.crypto.tcustody import ThresholdPublic
+
+            threshold = ThresholdPublic.load(root / "keys" / "server")
         grid = InProcessGrid(ph, handlers)
         grid.node_ids = sorted(contexts)
         per_round: list[dict[str, Any]] = []
@@ -253,6 +282,8 @@ def run_setting(
         def on_round(rec: Any, blob: bytes | None) -> None:
             now, cpu = time.perf_counter(), time.process_time()
             phases = ph.take()
+            traffic = {f"{m}@{n}": list(v) for (m, n), v in grid.traffic.items()}
+            grid.traffic.clear()
             wall = now - marks["t0"]
             phases["other"] = phases.get("other", 0.0) + max(0.0, wall - sum(phases.values()))
             per_round.append(
@@ -265,6 +296,8 @@ def run_setting(
                     "bytes_down": grid.bytes_down - marks["down"],
                     "bytes_up": grid.bytes_up - marks["up"],
                     "federated_accuracy": rec.federated_accuracy,
+                    "traffic": traffic,
+                    "decryption": rec.decryption.to_dict() if rec.decryption else None,
                 }
             )
             marks.update(
@@ -276,7 +309,7 @@ def run_setting(
 
         strategy = EncryptedFedAvg(
             params,
-            json.dumps(config_to_dict(cfg), sort_keys=True),
+            request_json(cfg),  # what a server sends: the devices' policy stays theirs
             num_clients=len(contexts),
             fraction_train=cfg.federation.fraction_train,
             fraction_evaluate=cfg.federation.fraction_evaluate,
@@ -284,11 +317,14 @@ def run_setting(
             seed=cfg.seed,
             on_round=on_round,
             node_wait_timeout=5.0,
+            **({"threshold": threshold} if threshold is not None else {}),
         )
         ph.wrap(privacy_mod, "train_local", "local training")
         ph.wrap(privacy_mod, "check_budget", "DP accounting")
         ph.wrap(client_mod, "_planned_sigma", "DP accounting")
-        ph.wrap(privacy_mod, "evaluate", "evaluation")
+        import fedpriv.models as models_mod
+
+        ph.wrap(models_mod, "evaluate", "evaluation")  # handle_evaluate imports it from here
         ph.wrap(ClientCodec, "encode", "quantize+encrypt")
         ph.wrap(ClientCodec, "decode", "decrypt")
         ph.wrap(bfv_mod, "save_to_bytes", "serialization")
@@ -296,6 +332,8 @@ def run_setting(
         ph.wrap(wire_mod, "pack", "serialization")
         ph.wrap(wire_mod, "unpack", "serialization")
         ph.wrap(EncryptedFedAvg, "aggregate_train", "server aggregation")
+        ph.wrap(threshold_mod.KeyShare, "partial_decrypt", "threshold decryption")
+        ph.wrap(threshold_mod, "combine_partials", "threshold decryption")
         try:
             # The client records a privacy charge into the state after training: epsilon of the
             # updated history is DP accounting too.
@@ -361,6 +399,86 @@ def run_simulations(rounds: int) -> dict[str, Any]:
     return sim
 
 
+def _traffic(run: dict[str, Any]) -> dict[str, float]:
+    """Median bytes per round (steady state) of one client in each protocol role."""
+    st = [r for r in run["rounds"] if r["round"] >= 2]
+    train_down, train_up, dec_down, dec_up = [], [], [], []
+    for r in st:
+        for key, (down, up, n) in r["traffic"].items():
+            kind = key.split("@")[0]
+            if kind == "train":
+                train_down.append(down)
+                train_up.append(up)
+            elif kind == "train.decrypt":
+                dec_down.append(down / n)
+                dec_up.append(up / n)
+    requests = [r["decryption"]["requests"] for r in st if r.get("decryption")]
+    return {
+        "train_down": median(train_down),
+        "train_up": median(train_up),
+        "decrypt_down": median(dec_down) if dec_down else 0.0,
+        "decrypt_up": median(dec_up) if dec_up else 0.0,
+        "decrypt_requests": median(requests) if requests else 0.0,
+    }
+
+
+def custody_tables(
+    runs: dict[str, list[dict[str, Any]]], steady: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """Shared vs threshold custody: protocol traffic per client per round, and round time."""
+    f32 = 4 * runs[CUSTODY[0]][0]["num_values"]
+    out: dict[str, Any] = {"float32_bytes": f32, "traffic": {}}
+    rows = []
+    for name in CUSTODY:
+        t = _traffic(runs[name][0])
+        out["traffic"][name] = t
+        k = len(runs[name][0]["partition_sizes"])
+        deal = t["decrypt_down"] + t["decrypt_up"]
+        frac = (
+            runs[name][0]["rounds"][-1]["decryption"]["threshold"] / k
+            if runs[name][0]["rounds"][-1].get("decryption")
+            else 0.0
+        )
+        rows.append(
+            [
+                name,
+                t["train_up"] / f32,
+                t["train_down"] / f32,
+                t["decrypt_down"] / f32,
+                t["decrypt_up"] / f32,
+                (t["train_up"] + t["train_down"] + deal * frac) / f32,
+                steady[name]["round"] * 1e3,
+            ]
+        )
+    print_table(
+        "Traffic per client per round (Flower-serialized messages) / float32 model bytes",
+        [
+            "custody",
+            "update up",
+            "global down",
+            "decrypt request down (T clients)",
+            "partial up (T clients)",
+            "average client total",
+            "round ms",
+        ],
+        rows,
+    )
+    shared, thr = steady[CUSTODY[0]], steady[CUSTODY[1]]
+    out["round_x_shared"] = thr["round"] / shared["round"]
+    he_thr, he_shared = (sum(x[p] for p in HE_PHASES) for x in (thr, shared))
+    out["he_phases_x_shared"] = he_thr / max(1e-9, he_shared)
+    # Training and accounting are the same work under both custodies; on a loaded machine
+    # their times swing by more than the custody changes, so also compare like for like.
+    out["round_x_shared_same_training"] = (shared["round"] + he_thr - he_shared) / shared["round"]
+    print(
+        f"threshold custody: round {out['round_x_shared']:.2f}x shared custody measured, "
+        f"{out['round_x_shared_same_training']:.2f}x with the same training and accounting "
+        f"time; encryption phases {he_thr * 1e3:.0f} ms vs {he_shared * 1e3:.0f} ms "
+        f"({out['he_phases_x_shared']:.2f}x)"
+    )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
@@ -370,6 +488,9 @@ def main() -> None:
         "--simulate-only",
         action="store_true",
         help="only the Ray engine part, added to an earlier results/round.json",
+    )
+    ap.add_argument(
+        "--custody", action="store_true", help="only shared vs threshold custody (DP + BFV)"
     )
     a = ap.parse_args()
     if a.simulate_only:
@@ -385,9 +506,10 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SETTINGS}
+    chosen = {n: SETTINGS[n] for n in CUSTODY} if a.custody else SETTINGS
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
     for rep in range(a.reps):
-        names = list(SETTINGS)
+        names = list(chosen)
         names = names[rep % len(names) :] + names[: rep % len(names)]  # rotate the order
         for name in names:
             print(f"rep {rep + 1}/{a.reps}: {name} ...", flush=True)
@@ -416,6 +538,12 @@ def main() -> None:
         ["setting", *PHASES, "round", "round 1 (plans noise)", "KiB up"],
         rows,
     )
+    custody = custody_tables(runs, steady) if all(n in runs for n in CUSTODY) else {}
+    if a.custody:
+        doc = read_json("round")
+        doc["custody"] = {"steady_state_s": {n: steady[n] for n in CUSTODY}, **custody}
+        write_json("round", doc)
+        return
     base = steady["neither (plaintext FedAvg)"]
     dp_he, dp_only = steady["DP + BFV (default)"], steady["DP, no encryption"]
     he_only = steady["BFV, no DP"]
@@ -475,6 +603,7 @@ def main() -> None:
             "round1_s": first,
             "runs": runs,
             "simulation": sim,
+            "custody": custody,
             "targets": {
                 "encryption_added_share": added / dp_he["round"],
                 "encryption_added_share_no_dp": added_nodp / he_only["round"],

@@ -37,12 +37,15 @@ __all__ = [
     "config_hash",
     "config_to_dict",
     "load_config",
+    "threshold_for",
 ]
 
 Partitioner = Literal["iid", "dirichlet", "pathological", "shard"]
 PrivacyMode = Literal["off", "record", "client", "both", "distributed"]
 LrSchedule = Literal["constant", "cosine"]
 Scheme = Literal["off", "bfv", "ckks"]
+KeyCustody = Literal["shared", "threshold"]
+DecryptionCheck = Literal["records", "rebuild"]
 Accountant = Literal["prv", "rdp"]
 
 
@@ -65,6 +68,10 @@ class DataConfig:
     validation_fraction: float = 0.0
     """Hyperparameter tuning: hold out this share of the training data and evaluate on it
     instead of the test set (which is then never read). 0 = evaluate on the test set."""
+    schema: str = ""
+    """Data schema file (``fedpriv data schema infer``): every client checks its data against it
+    before training and refuses on violation; its label set fixes the classes. '' = no check.
+    Devices with their own data use their own schema (``fedpriv client start --schema``)."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,28 @@ class EncryptionConfig:
     coeff_modulus_bits: tuple[int, ...] = ()
     """() = choose automatically from model size and number of clients."""
     ckks_scale_bits: int = 40
+    key_custody: KeyCustody = "shared"
+    """``shared``: every client holds the one BFV secret. ``threshold``: the secret is
+    Shamir-shared, any ``threshold`` clients decrypt an aggregate together (docs/crypto.md)."""
+    threshold: int = 0
+    """T of the ``federation.num_clients`` share holders decrypt (0 = a majority,
+    floor(n/2) + 1: any minority colluding with the server learns nothing, and up to
+    ceil(n/2) - 1 holders may be offline)."""
+    decryption_check: DecryptionCheck = "records"
+    """Threshold custody: what a decrypting client checks before its partial decryption.
+    ``records``: at least k_min valid signed update records of this round, as many as the
+    aggregate claims. ``rebuild``: the request also carries the round's signed updates and the
+    client rebuilds the aggregate from them (stops a server substituting one client's
+    ciphertext; costs the download of every update)."""
+    statistical_security: int = 40
+    """Threshold custody: lambda, the statistical security of the flooding (bits)."""
+    max_decryptions: int = 65536
+    """Threshold custody: D, decryptions one dealt key serves before it must be re-dealt."""
+
+
+def threshold_for(cfg: RunConfig) -> int:
+    """T for a threshold-custody run: ``encryption.threshold``, else a majority of the clients."""
+    return cfg.encryption.threshold or cfg.federation.num_clients // 2 + 1
 
 
 @dataclass(frozen=True)
@@ -150,9 +179,14 @@ class DeviceConfig:
     max_delta: float = 0.0
     client_max_epsilon: float = 0.0
     min_clients_per_aggregate: int = 0
+    """k_min: aggregates of fewer updates are refused (0 = what the run itself requires)."""
     min_sigma_effective: float = 0.0
     """Mode ``distributed``: smallest effective noise multiplier of the summed noise accepted."""
-    """k_min: aggregates of fewer updates are refused (0 = what the run itself requires)."""
+    allowed_custody: tuple[KeyCustody, ...] = ()
+    """Key custodies this device takes part in (empty = the experiment's own)."""
+    require_rebuilt_aggregate: bool = False
+    """Threshold custody: partially decrypt only aggregates this device rebuilt from the
+    round's signed updates (refuse ``decryption_check = "records"`` requests)."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +201,7 @@ class SimulationConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The whole experiment. Immutable; derive variants with :func:`apply_overrides`."""
+    """The whole experiment. Immutable; derive validated variants with :meth:`replace`."""
 
     name: str = "default"
     seed: int = 0
@@ -213,6 +247,40 @@ class RunConfig:
     def he_on(self) -> bool:
         return self.encryption.scheme != "off"
 
+    def replace(self, **changes: Any) -> RunConfig:
+        """A validated copy with ``changes``: top-level keys, whole sections as dicts (merged
+        into the section), or dotted keys passed as a dict.
+
+        ``cfg.replace(rounds=3, privacy={"target_epsilon": 3})`` and
+        ``cfg.replace(**{"privacy.target_epsilon": 3})`` are the same change.
+
+        Raises
+        ------
+        ConfigError
+            Listing every invalid key and value (the copy is validated like a TOML file).
+        """
+        raw = config_to_dict(self)
+        errors: list[str] = []
+        for key, value in changes.items():
+            *path, last = key.split(".")
+            node = raw
+            for part in path:
+                nxt = node.get(part)
+                if not isinstance(nxt, dict):
+                    errors.append(f"{key}: {part} is not a section")
+                    break
+                node = nxt
+            else:
+                if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                    value = json.loads(json.dumps(dataclasses.asdict(value)))
+                if isinstance(value, dict) and isinstance(node.get(last), dict):
+                    node[last] = {**node[last], **value}
+                else:
+                    node[last] = list(value) if isinstance(value, tuple) else value
+        if errors:
+            raise ConfigError(errors)
+        return config_from_dict(raw)
+
 
 # --------------------------------------------------------------------------- parsing
 
@@ -227,8 +295,10 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is int:
         return (isinstance(value, int) and not isinstance(value, bool), value)
     if tp is float:
+        # inf and nan are refused here: no setting means "unbounded" (they would pass range
+        # checks like `> 0` and fail much later, inside Opacus or Ray)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return (True, float(value))
+            return (math.isfinite(value), float(value))
         return (False, value)
     if tp is str:
         return (isinstance(value, str), value)
@@ -253,6 +323,8 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
 
 
 def _type_name(tp: Any) -> str:
+    if tp is float:
+        return "a finite number"
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     if get_origin(tp) is tuple:
@@ -323,6 +395,11 @@ def _check(cfg: RunConfig) -> list[str]:
         0.0 <= d.validation_fraction < 1.0,
         f"data.validation_fraction: must be in [0, 1), got {d.validation_fraction}",
     )
+    if d.schema:
+        need(
+            d.schema == d.schema.strip() and d.schema.endswith(".json"),
+            f"data.schema: expected the path of a .json schema file, got {d.schema!r}",
+        )
     f = cfg.federation
     need(f.num_clients >= 1, f"federation.num_clients: must be >= 1, got {f.num_clients}")
     need(
@@ -377,6 +454,12 @@ def _check(cfg: RunConfig) -> list[str]:
             "federation.fraction_train: distributed DP takes one step over the union of all"
             f" clients' data per round, so every client takes part (must be 1.0, got {f.fraction_train})",
         )
+        need(
+            cfg.encryption.key_custody == "shared",
+            "privacy.mode: distributed DP runs with encryption.key_custody = 'shared' for now"
+            " (clients catch up on past aggregates, which threshold custody does not yet"
+            " decrypt for them)",
+        )
         need(p.total_records >= 0, "privacy.total_records: must be >= 0")
         if p.total_records > 0:
             need(
@@ -417,6 +500,7 @@ def _check(cfg: RunConfig) -> list[str]:
             "encryption.coeff_modulus_bits: each prime must have 20..60 bits",
         )
         need(20 <= x.ckks_scale_bits <= 60, "encryption.ckks_scale_bits: must be in 20..60")
+    e.extend(_custody_problems(cfg))
     dv = cfg.device
     for name in ("max_epsilon", "max_lifetime_epsilon", "client_max_epsilon"):
         v = getattr(dv, name)
@@ -439,6 +523,18 @@ def _check(cfg: RunConfig) -> list[str]:
             f"device.allowed_modes {list(dv.allowed_modes)} excludes the experiment's privacy.mode"
             f" {p.mode!r}: every client would refuse",
         )
+    if dv.allowed_custody:
+        need(
+            x.key_custody in dv.allowed_custody,
+            f"device.allowed_custody {list(dv.allowed_custody)} excludes encryption.key_custody "
+            f"{x.key_custody!r}: every client would refuse",
+        )
+    if dv.require_rebuilt_aggregate and x.key_custody == "threshold":
+        need(
+            x.decryption_check == "rebuild",
+            "device.require_rebuilt_aggregate needs encryption.decryption_check = 'rebuild': "
+            "every client would refuse the decryption requests",
+        )
     if dv.allowed_schemes:
         need(
             cfg.encryption.scheme in dv.allowed_schemes,
@@ -455,14 +551,60 @@ def _check(cfg: RunConfig) -> list[str]:
     return e
 
 
+def _custody_problems(cfg: RunConfig) -> list[str]:
+    """Rules for ``encryption.key_custody`` and the threshold keys."""
+    x, n = cfg.encryption, cfg.federation.num_clients
+    out: list[str] = []
+    if not 20 <= x.statistical_security <= 128:
+        out.append(
+            f"encryption.statistical_security: must be in 20..128, got {x.statistical_security}"
+        )
+    if not 1 <= x.max_decryptions <= 2**40:
+        out.append(f"encryption.max_decryptions: must be in 1..2^40, got {x.max_decryptions}")
+    if x.threshold < 0:
+        out.append(f"encryption.threshold: must be >= 0 (0 = a majority), got {x.threshold}")
+    if x.key_custody != "threshold":
+        if x.threshold:
+            out.append("encryption.threshold: only used with encryption.key_custody = 'threshold'")
+        return out
+    if x.scheme != "bfv":
+        out.append(
+            f"encryption.key_custody = 'threshold' needs encryption.scheme = 'bfv', got "
+            f"{x.scheme!r}"
+        )
+    if x.coeff_modulus_bits:
+        out.append(
+            "encryption.coeff_modulus_bits: threshold custody derives its modulus from the "
+            "flooding it must hold (docs/crypto.md); leave it empty"
+        )
+    if n < 2:
+        out.append("encryption.key_custody = 'threshold' needs federation.num_clients >= 2")
+    elif x.threshold and not 2 <= x.threshold <= n:
+        out.append(
+            f"encryption.threshold: must be in 2..{n} (the number of share holders, "
+            f"federation.num_clients), got {x.threshold}"
+        )
+    elif threshold_for(cfg) > cfg.clients_per_round:
+        # The server asks this round's contributors (and holders it met in earlier rounds): in
+        # round 1 it knows only those it sampled.
+        out.append(
+            f"encryption.threshold: T = {threshold_for(cfg)} exceeds the {cfg.clients_per_round}"
+            " clients sampled per round; raise federation.fraction_train or lower the threshold"
+        )
+    return out
+
+
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     """Build and validate a :class:`RunConfig`; raise one ConfigError listing every problem."""
     errors: list[str] = []
     cfg = _build(RunConfig, raw, "", errors)
-    if errors:
-        # Cross-field checks on a half-built config would only add noise.
-        raise ConfigError(errors)
     problems = _check(cfg)
+    if errors:
+        # Fields with a type error kept their defaults: report the range problems of the other
+        # fields too, but not rules that involve a field already reported.
+        bad = {e.split(":", 1)[0] for e in errors}
+        errors += [p for p in problems if not any(b in p for b in bad)]
+        raise ConfigError(errors)
     if problems:
         raise ConfigError(problems)
     return typing.cast(RunConfig, cfg)
@@ -517,7 +659,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: cannot read ({exc})") from None
         if "name" not in raw:
             raw["name"] = p.stem
-    return config_from_dict(apply_overrides(raw, overrides or []))
+    cfg = config_from_dict(apply_overrides(raw, overrides or []))
+    if cfg.data.schema:
+        # Checked here, where the config is written, not in config_from_dict: a device parses
+        # the run's config too, and the schema path names a file on the operator's side.
+        from fedpriv.data.schema import load_schema
+
+        try:
+            load_schema(cfg.data.schema)
+        except ConfigError as exc:
+            raise ConfigError([f"data.schema: {e}" for e in exc.errors]) from None
+    return cfg
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -9,13 +9,15 @@ exit code  class                       meaning
 0          (none)                      success
 1          FedprivError                unexpected failure inside fedpriv
 2          ConfigError                 a config file or --set value is invalid
-3          DataError                   a dataset or data file cannot be read/used
+3          DataError                   a dataset or data file cannot be read/used,
+                                       or does not match its data schema
 4          CryptoError                 key material missing, wrong or tampered
 5          WireError                   a message failed validation (size, params...)
 6          BudgetExhaustedError        a privacy budget would be exceeded
 7          StateError                  persistent client/server state is corrupt
 8          RunFailedError              the federated run did not complete
 9          VerificationError           a report or ledger failed verification
+130        RunInterrupted              stopped by Ctrl-C/SIGTERM; the run folder resumes
 =========  ==========================  =============================================
 """
 
@@ -25,9 +27,11 @@ __all__ = [
     "BudgetExhaustedError",
     "ConfigError",
     "CryptoError",
+    "DataCheckError",
     "DataError",
     "FedprivError",
     "RunFailedError",
+    "RunInterrupted",
     "StateError",
     "VerificationError",
     "WireError",
@@ -55,6 +59,14 @@ class DataError(FedprivError):
     """A dataset or data file cannot be loaded or does not fit the task."""
 
     exit_code = 3
+
+
+class DataCheckError(DataError):
+    """Data does not match its data schema; ``failed_checks`` names every violated check."""
+
+    def __init__(self, message: str, failed_checks: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.failed_checks = tuple(failed_checks)
 
 
 class CryptoError(FedprivError):
@@ -91,3 +103,13 @@ class VerificationError(FedprivError):
     """A report, ledger or signature failed verification."""
 
     exit_code = 9
+
+
+class RunInterrupted(FedprivError):
+    """A run was stopped by Ctrl-C or SIGTERM; its run folder resumes (``resume=True``)."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, run_dir: object = None) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir

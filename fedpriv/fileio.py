@@ -1,4 +1,4 @@
-"""Atomic file writes: the one place fedpriv replaces a file on disk.
+"""Atomic file writes (the one place fedpriv replaces a file on disk), and the per-user folder.
 
 Every persistent file (privacy state, keys, checkpoints, metrics, bundles, models) is written to
 a temporary file in the same folder, flushed and fsynced, then renamed over the target, so a crash
@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "fedpriv_home"]
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -34,3 +34,10 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
 def atomic_write_text(path: Path, text: str, mode: int = 0o600) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically; see :func:`atomic_write_bytes`."""
     atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def fedpriv_home() -> Path:
+    """``$FEDPRIV_HOME`` or ``~/.fedpriv``: per-user state that stays out of run folders
+    (signing keys, device and server state, the run folders of a bare ``flwr run``)."""
+    env = os.environ.get("FEDPRIV_HOME", "")
+    return Path(env).expanduser() if env else Path.home() / ".fedpriv"

@@ -1,7 +1,8 @@
 """The key dealer for simulations and single-owner setups.
 
 Run by the data owners, never by the server operator: it creates the HE secret (kept in the
-client key folder only) and the public parameters the server aggregates with.
+client key folder only; under threshold custody Shamir shares of it, the secret itself erased)
+and the public parameters the server aggregates with.
 """
 
 from __future__ import annotations
@@ -24,14 +25,20 @@ def max_clients_per_round(cfg: RunConfig) -> int:
 
 
 def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) -> PublicParams:
-    """Write ``out/server/params.json`` (public) and ``out/client/{params.json,secret.key}``."""
+    """Write ``out/server/`` (public material only) and ``out/client/`` (the clients' keys).
+
+    Shared custody: ``client/secret.key``, the one HE secret every client holds. Threshold
+    custody (``encryption.key_custody = "threshold"``): one Shamir share per client id under
+    ``client/shares/``, the collective public key, the share index map and the mask key; the
+    server folder gets the parameters, the public key and the index map (see
+    :mod:`fedpriv.crypto.tcustody`).
+    """
     params: PublicParams
     holder = None
+    client_ids = [f"client-{i}" for i in range(cfg.federation.num_clients)]
     if cfg.encryption.scheme == "off":
         params = PlainParams(num_values, max_clients_per_round(cfg))
     else:
-        from fedpriv.crypto import KeyHolder, choose_params
-
         e = cfg.encryption
         value_range = e.value_range
         min_scale = MIN_QUANT_SCALE
@@ -51,6 +58,21 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
             max_weight = 1
             value_range += headroom(cfg)
             min_scale = max(min_scale, math.ceil(MIN_SCALE_PER_ROOT * math.sqrt(num_values)))
+        if e.key_custody == "threshold":
+            from fedpriv.crypto.tcustody import deal_threshold_keys
+
+            tparams = deal_threshold_keys(
+                cfg,
+                num_values=num_values,
+                max_weight=max_weight,
+                value_range=value_range,
+                out=out,
+                client_ids=client_ids,
+            )
+            deal_identities(client_ids, out, client_copy=True)
+            return tparams
+        from fedpriv.crypto import KeyHolder, choose_params
+
         he = choose_params(
             e.scheme,
             num_values=num_values,
@@ -70,13 +92,14 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
     if holder is not None:
         (out / "client").chmod(0o700)
         holder.save(out / "client" / "secret.key")
-    deal_identities([f"client-{i}" for i in range(cfg.federation.num_clients)], out)
+    deal_identities(client_ids, out)
     return params
 
 
-def deal_identities(client_ids: list[str], out: Path) -> None:
+def deal_identities(client_ids: list[str], out: Path, *, client_copy: bool = False) -> None:
     """One Ed25519 identity key per client (``client/identities/<id>.pem``, owner-only) and the
-    server's registry of their public keys (``server/identities.json``)."""
+    server's registry of their public keys (``server/identities.json``; with ``client_copy``
+    also ``client/identities.json``: threshold-custody clients check signed records with it)."""
     from fedpriv.crypto.identity import generate_identity, private_pem, public_openssh
 
     registry: dict[str, str] = {}
@@ -87,8 +110,7 @@ def deal_identities(client_ids: list[str], out: Path) -> None:
         path.parent.chmod(0o700)
         atomic_write_text(path, private_pem(key).decode())
         registry[cid] = public_openssh(key)
-    atomic_write_text(
-        out / "server" / "identities.json",
-        json.dumps(registry, indent=2, sort_keys=True),
-        mode=0o644,
-    )
+    text = json.dumps(registry, indent=2, sort_keys=True)
+    atomic_write_text(out / "server" / "identities.json", text, mode=0o644)
+    if client_copy:
+        atomic_write_text(out / "client" / "identities.json", text, mode=0o644)

@@ -21,15 +21,24 @@ from fedpriv.errors import WireError
 from fedpriv.privacy.ledger import MAX_RECORD_CHARS
 
 __all__ = [
+    "DECRYPT_MESSAGE_TYPE",
+    "TRAIN_METRICS",
+    "DecryptReply",
+    "DecryptRequest",
     "EvalReply",
     "Instruction",
+    "SignedUpdateRecord",
     "TrainReply",
     "blob_from_record",
     "blob_to_record",
+    "build_decrypt_reply",
+    "build_decrypt_request",
     "build_eval_reply",
     "build_instruction",
     "build_train_reply",
     "metrics_digest",
+    "parse_decrypt_reply",
+    "parse_decrypt_request",
     "parse_eval_reply",
     "parse_instruction",
     "parse_train_reply",
@@ -186,6 +195,8 @@ _FLOAT_METRICS = (
     "encrypt-seconds",
     "client-epsilon",
 )
+TRAIN_METRICS = (*_INT_METRICS, *_FLOAT_METRICS)
+"""Every metric a train reply carries (a refusal sends them all, zero where not applicable)."""
 
 
 def metrics_digest(metrics: dict[str, float | int]) -> str:
@@ -347,3 +358,184 @@ def reply_parts(content: RecordDict) -> list[tuple[str, int, str]]:
             if raw:
                 out.append((f"{name}.{key}", len(raw), hashlib.sha256(raw).hexdigest()))
     return out
+
+
+# ----------------------------------------------------------------------------- threshold decryption
+# Server -> the T members of P: "partially decrypt this aggregate"; client -> server: the
+# (masked) partial decryption, or a refusal, with a signed decrypt record. Flower message type
+# ``train.decrypt`` (``ClientApp.train("decrypt")``).
+
+DECRYPT_MESSAGE_TYPE = "train.decrypt"
+MAX_DECRYPT_RECORDS = 4096
+
+
+@dataclass(frozen=True)
+class SignedUpdateRecord:
+    """One accepted update's signed client record, as the server received it."""
+
+    client_id: str
+    record: str
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class DecryptRequest:
+    """Server -> client: partially decrypt ``aggregate`` as a member of ``participants``.
+
+    ``records`` are the signed records of the updates the aggregate sums, so the client can
+    check that it sums at least k_min distinct updates of this run and round; ``updates``
+    (``encryption.decryption_check = "rebuild"``) are those updates, in the same order, so it
+    can rebuild the aggregate itself.
+    """
+
+    server_round: int
+    run_id: str
+    config_json: str
+    params_fingerprint: str
+    aggregate: bytes
+    participants: tuple[int, ...]
+    records: tuple[SignedUpdateRecord, ...]
+    updates: tuple[bytes, ...] = ()
+    registry_proof: tuple[str, str, bytes] | None = None
+    """Deployment: the server bundle's identity registry, manifest and the dealer's signature
+    of it, so devices check records of nodes added after their own bundle was made."""
+
+
+def build_decrypt_request(req: DecryptRequest) -> RecordDict:
+    rd = RecordDict(
+        {
+            "decrypt": ConfigRecord(
+                {
+                    "server-round": req.server_round,
+                    "run-id": req.run_id,
+                    "fedpriv-config": req.config_json,
+                    "params-fingerprint": req.params_fingerprint,
+                    "participants": [int(i) for i in req.participants],
+                    "record-clients": [r.client_id for r in req.records],
+                    "records": [r.record for r in req.records],
+                    "signatures": [r.signature for r in req.records],
+                }
+            ),
+            "aggregate": blob_to_record(req.aggregate),
+        }
+    )
+    if req.registry_proof is not None:
+        reg, manifest, sig = req.registry_proof
+        rd["registry"] = ConfigRecord({"registry": reg, "manifest": manifest, "signature": sig})
+    if req.updates:
+        rd["updates"] = ArrayRecord(
+            {
+                f"u{i:05d}": Array(np.frombuffer(b, dtype=np.uint8).copy())
+                for i, b in enumerate(req.updates)
+            }
+        )
+    return rd
+
+
+def _str_list(rec: Any, key: str, where: str, limit: int) -> list[Any]:
+    val = _get(rec, key, list, where)
+    if len(val) > MAX_DECRYPT_RECORDS:
+        raise WireError(f"{where}: {key} has more than {MAX_DECRYPT_RECORDS} entries")
+    for v in val:
+        if not isinstance(v, (str, bytes)) or not 0 < len(v) <= limit:
+            raise WireError(f"{where}: {key} must hold non-empty entries of at most {limit}")
+    return list(val)
+
+
+def parse_decrypt_request(content: RecordDict, *, max_blob_bytes: int) -> DecryptRequest:
+    where = "decryption request"
+    if "decrypt" not in content.config_records or "aggregate" not in content.array_records:
+        raise WireError(f"{where}: missing decrypt or aggregate record")
+    rec = content.config_records["decrypt"]
+    rnd = _get(rec, "server-round", int, where)
+    run_id = _get(rec, "run-id", str, where)
+    text = _get(rec, "fedpriv-config", str, where)
+    fp = _get(rec, "params-fingerprint", str, where)
+    ps = _get(rec, "participants", list, where)
+    if rnd < 1 or not 0 < len(run_id) <= 128 or len(text) > MAX_CONFIG_CHARS:
+        raise WireError(f"{where}: bad round, run id or config size")
+    if not ps or len(ps) > 65535 or not all(isinstance(i, int) and 0 < i < 65536 for i in ps):
+        raise WireError(f"{where}: participants must be share indices")
+    cids = _str_list(rec, "record-clients", where, 128)
+    records = _str_list(rec, "records", where, MAX_RECORD_CHARS)
+    sigs = _str_list(rec, "signatures", where, 512)
+    if not (len(cids) == len(records) == len(sigs)) or not records:
+        raise WireError(f"{where}: records, their client ids and signatures do not line up")
+    if not all(isinstance(c, str) for c in cids) or not all(isinstance(r, str) for r in records):
+        raise WireError(f"{where}: record client ids and records must be strings")
+    if not all(isinstance(s, bytes) for s in sigs):
+        raise WireError(f"{where}: signatures must be bytes")
+    aggregate = blob_from_record(content.array_records["aggregate"], max_bytes=max_blob_bytes)
+    updates: list[bytes] = []
+    if "updates" in content.array_records:
+        arrs = content.array_records["updates"]
+        if sorted(arrs.keys()) != [f"u{i:05d}" for i in range(len(records))]:
+            raise WireError(f"{where}: one update per record expected, named u00000...")
+        for key in sorted(arrs.keys()):
+            arr = arrs[key]
+            if len(arr.shape) != 1 or arr.shape[0] > max_blob_bytes:
+                raise WireError(f"{where}: update {key} is not a 1-D blob within the limit")
+            data = arr.numpy()
+            if data.dtype != np.uint8 or data.ndim != 1:
+                raise WireError(f"{where}: update {key} is not a uint8 blob")
+            updates.append(data.tobytes())
+    signed = tuple(SignedUpdateRecord(c, r, s) for c, r, s in zip(cids, records, sigs, strict=True))
+    proof = None
+    if "registry" in content.config_records:
+        reg = content.config_records["registry"]
+        proof = (
+            _get(reg, "registry", str, where),
+            _get(reg, "manifest", str, where),
+            _get(reg, "signature", bytes, where),
+        )
+        if len(proof[0]) > 1 << 22 or len(proof[1]) > 1 << 22 or len(proof[2]) > 512:
+            raise WireError(f"{where}: identity registry too large")
+    return DecryptRequest(
+        rnd, run_id, text, fp, aggregate, tuple(int(i) for i in ps), signed, tuple(updates), proof
+    )
+
+
+@dataclass(frozen=True)
+class DecryptReply:
+    """Client -> server: a masked partial decryption (None when refused) and its signed record."""
+
+    client_id: str
+    record: str
+    signature: bytes
+    partial: bytes | None
+    refusal: str = ""
+
+
+def build_decrypt_reply(r: DecryptReply) -> RecordDict:
+    rd = RecordDict(
+        {
+            "info": ConfigRecord(
+                {
+                    "client-id": r.client_id,
+                    "record": r.record,
+                    "signature": r.signature,
+                    "refusal": r.refusal,
+                }
+            )
+        }
+    )
+    if r.partial is not None:
+        rd["partial"] = blob_to_record(r.partial)
+    return rd
+
+
+def parse_decrypt_reply(msg: Message, *, max_blob_bytes: int) -> DecryptReply:
+    where = "decryption reply"
+    if msg.has_error():
+        raise WireError(f"client error: {msg.error.reason}")
+    content = msg.content
+    if "info" not in content.config_records:
+        raise WireError(f"{where}: missing info record")
+    cid, record, sig = _info(content, where)
+    refusal = _get(content.config_records["info"], "refusal", str, where)[:500]
+    partial = None
+    if "partial" in content.array_records:
+        partial = blob_from_record(content.array_records["partial"], max_bytes=max_blob_bytes)
+    if (partial is None) == (not refusal):
+        raise WireError(f"{where}: a reply carries either a partial decryption or a refusal")
+    return DecryptReply(cid, record, sig, partial, refusal)

@@ -1,320 +1,312 @@
-"""Run a whole experiment on Flower's simulation engine (Ray), then evaluate as the key holder.
+"""Run a whole experiment on Flower's simulation engine, then evaluate it as the key holder.
 
-The runner plays the data owners' side: it deals the keys, starts the ServerApp and the
-virtual ClientApps through Flower's simulation engine, and afterwards decrypts each round's
-global model with the client key to evaluate it on the held-out test set. The server never
-sees plaintext weights or the held-out data.
+The runner plays the data owners' side: it checks everything it can before writing anything
+(:func:`fedpriv.runs.prepare.prepare_run`), deals the keys into the run folder, runs the
+ServerApp and the virtual ClientApps (in-process through Flower's simulation engine, or
+``flwr run`` on a private local SuperLink), and afterwards decrypts each round's global model to
+evaluate it on the held-out set (:func:`fedpriv.runs.evaluate_run`) and signs the privacy
+report. The server never sees plaintext weights or the held-out data.
+
+Ctrl-C stops a run within seconds (:class:`fedpriv.errors.RunInterrupted`); ``resume=True``
+continues it from the last complete round, and clients keep the privacy budget they spent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fedpriv.config import RunConfig, config_to_dict
-from fedpriv.errors import FedprivError, RunFailedError
-from fedpriv.runs import RunDir
+from fedpriv.config import RunConfig, load_config
+from fedpriv.errors import ConfigError, FedprivError, RunFailedError, RunInterrupted
+from fedpriv.fileio import atomic_write_text
+from fedpriv.runs.folder import RunDir, check_run_dir, default_run_dir, write_config
+from fedpriv.runs.prepare import PreparedRun, deal_run_keys, partition_sizes, prepare_run
+from fedpriv.runs.result import RoundResult, RunResult, round_result
 
-__all__ = ["SimulationResult", "partition_sizes", "simulate"]
+__all__ = ["ENGINES", "RunResult", "partition_sizes", "project_folder", "simulate"]
 
 log = logging.getLogger("fedpriv.simulation")
 
-
-@dataclass(frozen=True)
-class SimulationResult:
-    run_dir: Path
-    metrics: dict[str, Any]
-    wall_seconds: float
-
-    @property
-    def final_accuracy(self) -> float | None:
-        for r in reversed(self.metrics.get("rounds", [])):
-            if r.get("heldout_accuracy") is not None:
-                return float(r["heldout_accuracy"])
-        return None
-
-
-def partition_sizes(cfg: RunConfig, train: Any) -> list[int]:
-    from fedpriv.data import client_datasets
-
-    d = cfg.data
-    return [
-        len(
-            client_datasets(
-                train,
-                i,
-                cfg.federation.num_clients,
-                partitioner=d.partitioner,
-                alpha=d.alpha,
-                classes_per_partition=d.classes_per_partition,
-                test_fraction=d.test_fraction,
-                seed=cfg.seed,
-            )[0]
-        )
-        for i in range(cfg.federation.num_clients)
-    ]
-
-
-def _write_config(cfg: RunConfig, rd: RunDir) -> None:
-    import tomli_w
-
-    d = config_to_dict(cfg)
-    (rd.root / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True), encoding="utf-8")
-    (rd.root / "config.toml").write_text(tomli_w.dumps(d), encoding="utf-8")
-
-
-def _backend_config(cfg: RunConfig) -> dict[str, Any]:
-    init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-    if cfg.simulation.ray_address:
-        init = {"address": cfg.simulation.ray_address}
-    else:
-        init["num_cpus"] = os.cpu_count() or 1
-    return {
-        "client_resources": {"num_cpus": cfg.simulation.num_cpus_per_client, "num_gpus": 0.0},
-        "init_args": init,
-    }
-
-
-def _evaluate_rounds(
-    cfg: RunConfig, rd: RunDir, test: Any, shape: tuple[int, ...], num_classes: int
-) -> None:
-    """Decrypt each round's global model (as a key holder) and evaluate it on the held-out set."""
-    from fedpriv.crypto.codec import ClientCodec
-    from fedpriv.models import build_model, evaluate, save_weights, set_flat_params
-
-    codec = ClientCodec.load(rd.client_keys)
-    doc = rd.read_metrics()
-    model = build_model(cfg.train.model, shape, num_classes, seed=cfg.seed)
-    loss0, acc0 = evaluate(model, test)
-    doc["initial_heldout_accuracy"], doc["initial_heldout_loss"] = acc0, loss0
-    last = None
-    replay = None
-    if cfg.distributed_dp:
-        # Aggregates are noisy gradients: replay the clients' steps from the seeded model.
-        from fedpriv.privacy.distributed import ModelReplay
-
-        replay = ModelReplay(cfg, codec.params, model)
-    every = max(1, cfg.simulation.eval_every)
-    final = max(
-        (r["round"] for r in doc["rounds"] if rd.global_blob(r["round"]).exists()), default=0
-    )
-    for r in doc["rounds"]:
-        path = rd.global_blob(r["round"])
-        if not path.exists():
-            continue
-        mean, total_weight, count = codec.decode(path.read_bytes())
-        if replay is not None:
-            mean = replay.step(r["round"], mean, total_weight, count)
-            r["model_sha256"] = replay.digest()
-        if r["round"] % every and r["round"] != final:
-            continue
-        set_flat_params(model, mean)
-        r["heldout_loss"], r["heldout_accuracy"] = evaluate(model, test)
-        r["aggregate_total_weight"], r["aggregate_count"] = total_weight, count
-        if codec.encrypted:
-            r["quantization_error_bound"] = float(codec.params.error_bound(int(total_weight)))  # type: ignore[attr-defined]
-        last = r["round"]
-    doc["heldout_examples"] = len(test)
-    # data.validation_fraction > 0: the "held-out" set is a validation split (tuning runs).
-    doc["heldout_set"] = "validation" if cfg.data.validation_fraction > 0 else "test"
-    doc["final_round"] = last
-    if replay is not None:
-        doc["distributed_replay"] = _compare_models(rd, doc["rounds"], replay.discarded)
-    if last is not None:
-        save_weights(model, rd.model)
-    from fedpriv.fileio import atomic_write_text
-
-    atomic_write_text(rd.metrics, json.dumps(doc, indent=2, sort_keys=True), mode=0o644)
-
-
-def _compare_models(
-    rd: RunDir, rounds: list[dict[str, Any]], discarded: list[int]
-) -> dict[str, Any]:
-    """Do the clients' signed model digests match the key holder's replay? (distributed DP)"""
-    from fedpriv.privacy.ledger import read_chain
-
-    after = {r["round"]: r["model_sha256"] for r in rounds if "model_sha256" in r}
-    checked, mismatches = 0, []
-    for e in read_chain(rd.ledger):
-        doc = json.loads(e.get("client_record") or "{}")
-        info = doc.get("distributed") or {}
-        applied = info.get("applied_round")
-        if doc.get("status") != "trained" or not applied:
-            continue
-        checked += 1
-        if after.get(applied) != info.get("model_sha256"):
-            mismatches.append({"round": e.get("round"), "client_id": e.get("client_id")})
-    return {"records_checked": checked, "mismatches": mismatches, "discarded_rounds": discarded}
+ENGINES = ("python", "flwr")
+Progress = Callable[[RoundResult], None]
 
 
 def simulate(
-    cfg: RunConfig,
-    out: Path | None = None,
+    config: RunConfig | str | Path | None = None,
+    out: str | Path | None = None,
     *,
-    progress: Callable[[Any], None] | None = None,
+    progress: Progress | None = None,
     engine: str = "python",
-    project_dir: Path | None = None,
+    project: str | Path | None = None,
     resume: bool = False,
     client_app: Any = None,
     insecure_test_seed: int | None = None,
     strategy_class: Any = None,
-) -> SimulationResult:
-    """Run ``cfg`` in simulation and return where its outputs went.
+) -> RunResult:
+    """Run an experiment in simulation and return its result.
 
-    ``engine="python"`` drives Flower's simulation engine in-process (``run_simulation``);
-    ``engine="flwr"`` submits the project's ``server/`` and ``clients/`` apps with ``flwr run``
-    to a private local SuperLink (see :mod:`fedpriv.flwr_run`). Both write the same run folder.
-    ``resume=True`` continues the run in ``out`` from its last server checkpoint (clients keep
-    their persisted privacy state). ``client_app`` replaces fedpriv's ClientApp (experiments
-    with faulty or adversarial clients). ``insecure_test_seed`` makes the virtual devices' DP
-    randomness reproducible (tests only: the run is then marked not private everywhere).
-    ``strategy_class`` replaces the server's strategy (experiments with an adversarial server).
+    Parameters
+    ----------
+    config : RunConfig, path or None
+        The experiment: a :class:`~fedpriv.config.RunConfig`, a TOML path, or None for the
+        default (``simulations/default.toml``). Ignored with ``resume`` (the run's own is used).
+    out : path, optional
+        The run folder: absent or empty (default ``runs/<timestamp>-<name>``); with ``resume``,
+        the folder of the run to continue.
+    progress : callable, optional
+        Called with each round's :class:`~fedpriv.runs.RoundResult` as the server records it.
+    engine : {"python", "flwr"}
+        ``python``: Flower's simulation engine in this process. ``flwr``: the project's
+        ``server/`` and ``clients/`` apps through ``flwr run`` on a private local SuperLink.
+    project : path, optional
+        The project folder for ``engine="flwr"`` (default: this checkout).
+    resume : bool
+        Continue the interrupted run in ``out`` from its last server checkpoint.
+    client_app : ClientApp, optional
+        Replaces fedpriv's ClientApp (experiments with faulty clients; python engine only).
+    insecure_test_seed : int, optional
+        Tests only: the virtual devices draw their DP randomness from this seed instead of the
+        OS CSPRNG; every record says so and the report and ``verify`` mark the run not private.
+    strategy_class : type, optional
+        Replaces the server's strategy (experiments with an adversarial server; python engine).
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    ConfigError
+        Bad arguments, config, or ``out`` (checked before anything is written).
+    RunFailedError
+        The federated run did not complete.
+    RunInterrupted
+        Ctrl-C or SIGTERM; the run folder resumes with ``resume=True``.
     """
-    from fedpriv.data import load_dataset
-    from fedpriv.keys import deal_keys
-    from fedpriv.models import build_model, num_params
-
-    if engine not in ("python", "flwr"):
-        raise FedprivError(f"unknown engine {engine!r} (use 'python' or 'flwr')")
-    t_start = time.perf_counter()
-    root = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-    rd = RunDir(root)
+    if engine not in ENGINES:
+        raise ConfigError(f"engine {engine!r}: use {' or '.join(ENGINES)}")
+    project_dir = None
+    if engine == "flwr":
+        project_dir = project_folder(Path(project) if project is not None else None)
+        if client_app is not None or strategy_class is not None or insecure_test_seed is not None:
+            raise ConfigError(
+                "client_app, strategy_class and insecure_test_seed apply to the in-process"
+                " engine: use engine='python'"
+            )
+    elif project is not None:
+        raise ConfigError("project is only used with engine='flwr'")
     if resume:
-        from fedpriv.config import load_config
-
-        if not (root / "config.toml").exists():
-            raise FedprivError(f"{root}: no run to resume (config.toml missing)")
-        cfg = load_config(root / "config.toml")
-    elif root.exists() and any(root.iterdir()):
-        raise FedprivError(
-            f"{root}: run folder exists and is not empty; choose another --out or --resume"
-        )
-    d = cfg.data
-    train, test = load_dataset(
-        d.dataset,
-        label_column=d.label_column,
-        holdout_fraction=d.holdout_fraction,
-        seed=cfg.seed,
-        max_samples=d.max_samples,
-        validation_fraction=d.validation_fraction,
-    )
-    sizes = partition_sizes(cfg, train)
-    if cfg.distributed_dp and cfg.privacy.total_records == 0:
-        # N is public: the data owners (here, the runner that deals their keys) declare it.
-        import dataclasses
-
-        cfg = dataclasses.replace(
-            cfg, privacy=dataclasses.replace(cfg.privacy, total_records=sum(sizes))
-        )
+        if out is None:
+            raise ConfigError("resume needs the run folder to continue (--out)")
+        rd = RunDir(check_run_dir(Path(out), resume=True))
+        cfg = load_config(rd.config)
+    else:
+        cfg = _as_config(config)
+        rd = RunDir(check_run_dir(Path(out) if out is not None else default_run_dir(cfg.name)))
+    prep = prepare_run(cfg)  # data, partitions, model, value range: all before writing
+    cfg = prep.config  # as prepared (e.g. the schema path made absolute)
+    t_start = time.perf_counter()
+    rd.root.mkdir(parents=True, exist_ok=True)
     if not resume:
-        rd.root.mkdir(parents=True, exist_ok=True)
-        _write_config(cfg, rd)
-    model = build_model(cfg.train.model, train.input_shape, train.num_classes, seed=cfg.seed)
-    max_weight = cfg.encryption.max_examples_per_client or max(sizes)
-    if not resume:
-        deal_keys(cfg, num_values=num_params(model), max_weight=max_weight, out=rd.keys)
-    # Virtual devices on this machine share the accountant's pure results (one PRV evaluation
-    # per distinct history instead of one per device process); removed after the run.
-    import tempfile
-
-    from fedpriv.privacy.accounting import MEMO_ENV
-
-    memo = tempfile.mkdtemp(prefix="fedpriv-accountant-")
-    old_memo = os.environ.get(MEMO_ENV)
-    os.environ[MEMO_ENV] = memo
+        write_config(cfg, rd.root)
+    if not rd.keys.exists():
+        deal_run_keys(prep, rd)
     try:
-        if engine == "python":
-            _run_python_engine(
+        with _shared_accountant_memo():
+            _run_engine(
                 cfg,
                 rd,
                 progress,
+                engine=engine,
+                project_dir=project_dir,
                 resume=resume,
                 client_app=client_app,
                 insecure_test_seed=insecure_test_seed,
                 strategy_class=strategy_class,
             )
-        else:
-            from fedpriv.flwr_run import flwr_run_local
-
-            flwr_run_local(
-                _project_dir(project_dir),
-                config_path=rd.root / "config.toml",
-                keys_dir=rd.keys,
-                run_dir=rd.root,
-                num_supernodes=cfg.federation.num_clients,
-                resume=resume,
-            )
+    except KeyboardInterrupt:
+        raise _interrupted(cfg, rd) from None
     finally:
         _shutdown_ray()
-        import shutil
+    return _finish(cfg, rd, prep, engine=engine, seconds=time.perf_counter() - t_start)
 
+
+@contextlib.contextmanager
+def _shared_accountant_memo() -> Iterator[None]:
+    """Virtual devices on this machine share the accountant's pure results (one PRV evaluation
+    per distinct history instead of one per device process); the folder goes with the run."""
+    import shutil
+    import tempfile
+
+    from fedpriv.privacy.accounting import MEMO_ENV
+
+    memo = tempfile.mkdtemp(prefix="fedpriv-accountant-")
+    old = os.environ.get(MEMO_ENV)
+    os.environ[MEMO_ENV] = memo
+    try:
+        yield
+    finally:
         shutil.rmtree(memo, ignore_errors=True)
-        if old_memo is None:
+        if old is None:
             os.environ.pop(MEMO_ENV, None)
         else:
-            os.environ[MEMO_ENV] = old_memo
+            os.environ[MEMO_ENV] = old
+
+
+def _run_engine(
+    cfg: RunConfig,
+    rd: RunDir,
+    progress: Progress | None,
+    *,
+    engine: str,
+    project_dir: Path | None,
+    resume: bool,
+    client_app: Any,
+    insecure_test_seed: int | None,
+    strategy_class: Any,
+) -> None:
+    if engine == "python":
+        _run_python_engine(
+            cfg,
+            rd,
+            progress,
+            resume=resume,
+            client_app=client_app,
+            insecure_test_seed=insecure_test_seed,
+            strategy_class=strategy_class,
+        )
+    else:
+        assert project_dir is not None
+        _run_flwr_engine(cfg, rd, progress, project_dir, resume=resume)
+
+
+def _as_config(config: RunConfig | str | Path | None) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    if config is None or isinstance(config, (str, Path)):
+        return load_config(config)
+    raise ConfigError(f"config: expected a RunConfig or a TOML path, got {type(config).__name__}")
+
+
+def _finish(
+    cfg: RunConfig, rd: RunDir, prep: PreparedRun, *, engine: str, seconds: float
+) -> RunResult:
+    """Evaluate as the key holder, record the run's facts, sign the report."""
+    from fedpriv.report import write_report
+    from fedpriv.runs.evaluate import evaluate_run
+
     if not rd.metrics.exists():
         raise RunFailedError(
             "simulation finished without writing metrics (the ServerApp did not run)"
         )
-    _evaluate_rounds(cfg, rd, test, train.input_shape, train.num_classes)
+    evaluate_run(rd.root, rd.keys, config=cfg, prepared=prep)
     doc = rd.read_metrics()
-    doc["partition_sizes"] = sizes
+    doc["partition_sizes"] = prep.sizes
     doc["engine"] = engine
-    doc["wall_seconds"] = time.perf_counter() - t_start
-    from fedpriv.fileio import atomic_write_text
-
+    doc["wall_seconds"] = seconds
     atomic_write_text(rd.metrics, json.dumps(doc, indent=2, sort_keys=True), mode=0o644)
-    from fedpriv.report import write_report
-
     # Every run ships its signed privacy report; failing to build it fails the run.
     write_report(rd.root)
-    return SimulationResult(rd.root, doc, doc["wall_seconds"])
+    return RunResult.from_run_dir(rd.root)
 
 
-def _project_dir(given: Path | None) -> Path:
+def _interrupted(cfg: RunConfig, rd: RunDir) -> RunInterrupted:
+    done = _checkpoint_round(rd)
+    return RunInterrupted(
+        f"run interrupted after {done} of {cfg.rounds} rounds; continue it with "
+        f"`fedpriv simulate --resume --out {rd.root}`",
+        rd.root,
+    )
+
+
+def project_folder(given: Path | None) -> Path:
     """The folder holding pyproject.toml with the Flower app table (server/ and clients/)."""
     cand = given or Path(__file__).resolve().parents[1]
     if not ((cand / "pyproject.toml").exists() and (cand / "server" / "app.py").exists()):
-        raise FedprivError(
-            f"{cand}: not the fedpriv project folder (pyproject.toml, server/, clients/); "
-            "pass --project DIR to use the `flwr` engine"
+        raise ConfigError(
+            f"--project {cand}: not a fedpriv project folder (pyproject.toml, server/, clients/)"
         )
-    return cand
+    return cand.resolve()
+
+
+def _progress_from_folder(rd: RunDir, progress: Progress | None) -> Callable[[], None]:
+    """A poll function that reports each round newly recorded in ``metrics.json``."""
+    last = {"round": _checkpoint_round(rd)}  # rounds before a resume are not news
+
+    def poll() -> None:
+        if progress is None:
+            return
+        try:
+            rounds = rd.read_metrics().get("rounds", [])
+        except (OSError, ValueError):
+            return
+        for r in rounds:
+            if int(r["round"]) > last["round"]:
+                progress(round_result(r))
+                last["round"] = int(r["round"])
+
+    return poll
+
+
+def _checkpoint_round(rd: RunDir) -> int:
+    """The last fully recorded round (0 before the first checkpoint)."""
+    try:
+        return int(json.loads(rd.checkpoint.read_text(encoding="utf-8"))["round"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def _run_python_engine(
     cfg: RunConfig,
     rd: RunDir,
-    progress: Callable[[Any], None] | None,
+    progress: Progress | None,
     *,
     resume: bool = False,
     client_app: Any = None,
     insecure_test_seed: int | None = None,
     strategy_class: Any = None,
 ) -> None:
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from fedpriv.apps import ClientSettings, ServerSettings, make_client_app, make_server_app
+    from fedpriv.apps import ClientSettings, ServerSettings, make_client_app
+    from fedpriv.apps.server import run_server
+    from fedpriv.deploy.processes import descendants
     from fedpriv.privacy.policy import DevicePolicy
+    from fedpriv.runs.interrupt import graceful_stop, reap
+    from fedpriv.runs.stoppable import GridStopped, StoppableGrid
 
-    server_app = make_server_app(
-        ServerSettings(
-            cfg,
-            rd.root,
-            rd.server_params,
-            progress=progress,
-            node_wait_timeout=120.0,
-            resume=resume,
-            **({"strategy_class": strategy_class} if strategy_class is not None else {}),
-        )
+    def on_round(_rec: Any) -> None:
+        if progress is not None:
+            progress(round_result(rd.read_metrics()["rounds"][-1]))
+
+    settings = ServerSettings(
+        cfg,
+        rd.root,
+        rd.server_params,
+        progress=on_round,
+        node_wait_timeout=120.0,
+        resume=resume,
+        **({"strategy_class": strategy_class} if strategy_class is not None else {}),
     )
+    stop = threading.Event()
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, _context: Context) -> None:
+        # A stopped ServerApp returns normally: Flower's engine then winds down at once
+        # (an exception here would cost a 3 s wait inside Flower).
+        with contextlib.suppress(GridStopped):
+            run_server(StoppableGrid(grid, stop), settings)
+
     if client_app is None:
         client_app = make_client_app(
             ClientSettings(
@@ -325,17 +317,70 @@ def _run_python_engine(
                 insecure_test_seed=insecure_test_seed,
             )
         )
+    ray_procs: list[int] = []
+
+    def remember_ray() -> None:  # while they are still our descendants
+        ray_procs.extend(descendants(os.getpid()))
+
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=cfg.federation.num_clients,
-            backend_config=_backend_config(cfg),
-        )
+        with graceful_stop(stop, on_stop=remember_ray):
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=cfg.federation.num_clients,
+                backend_config=_backend_config(cfg),
+            )
+    except KeyboardInterrupt:
+        stop.set()  # the ServerApp thread stops at its next poll
+        if not ray_procs:
+            remember_ray()
+        _shutdown_ray()
+        reap(ray_procs)
+        raise
     except FedprivError:
         raise
     except Exception as exc:
         raise RunFailedError(f"simulation failed: {exc}") from exc
+    if stop.is_set():  # a Ctrl-C the engine wound down from by itself
+        reap(ray_procs)
+        raise KeyboardInterrupt
+
+
+def _run_flwr_engine(
+    cfg: RunConfig, rd: RunDir, progress: Progress | None, project_dir: Path, *, resume: bool
+) -> None:
+    from fedpriv.runs.flwr_cli import flwr_run_local
+    from fedpriv.runs.flwr_config import FlowerRunConfig
+
+    rc = FlowerRunConfig(
+        fedpriv_config=str(rd.config.resolve()),
+        keys_dir=str(rd.keys.resolve()),
+        run_dir=str(rd.root.resolve()),
+        resume=resume,
+        node_wait_s=120.0,
+    )
+    flwr_run_local(
+        project_dir,
+        rc,
+        num_supernodes=cfg.federation.num_clients,
+        client_cpus=cfg.simulation.num_cpus_per_client,
+        on_poll=_progress_from_folder(rd, progress),
+    )
+
+
+def _backend_config(cfg: RunConfig) -> dict[str, Any]:
+    # CPU-only clients: Ray's future default (leave the accelerator variables alone), which also
+    # silences the FutureWarning it prints on every start
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if cfg.simulation.ray_address:
+        init = {"address": cfg.simulation.ray_address}
+    else:
+        init["num_cpus"] = os.cpu_count() or 1
+    return {
+        "client_resources": {"num_cpus": cfg.simulation.num_cpus_per_client, "num_gpus": 0.0},
+        "init_args": init,
+    }
 
 
 def _shutdown_ray() -> None:

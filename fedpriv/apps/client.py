@@ -36,6 +36,7 @@ from flwr.clientapp import ClientApp
 from fedpriv.config import RunConfig, config_from_dict, load_config
 from fedpriv.crypto.codec import ClientCodec
 from fedpriv.crypto.identity import PrivateIdentity, load_private_identity, sign_record
+from fedpriv.data.schema import check_client_data, client_label_set
 from fedpriv.errors import ConfigError, CryptoError, WireError
 from fedpriv.privacy.ledger import EVAL_FORMAT, RECORD_FORMAT, make_record
 from fedpriv.privacy.policy import DevicePolicy, EffectiveLimits
@@ -79,28 +80,29 @@ class ClientSettings:
 
     @classmethod
     def from_context(cls, context: Context) -> ClientSettings:
-        nc, rc = context.node_config, context.run_config
-        # node config: this client's own key folder; run config: the dealer's output folder
-        # (simulation via `flwr run`), whose client/ part every virtual client shares.
+        from fedpriv.runs import FlowerRunConfig, RunDir
+
+        nc = context.node_config
+        rc = FlowerRunConfig.from_context(context)
+        run_dir = RunDir(rc.run_folder(context.run_id))
+        # node config: this client's own key folder; else (simulation via `flwr run`) the
+        # dealer's output folder in the run config, or the keys the ServerApp dealt into the
+        # run folder: every virtual client shares its client/ part.
         key_dir = str(nc.get("keys-dir", "") or "")
-        if not key_dir and rc.get("keys-dir", ""):
-            key_dir = str(Path(str(rc["keys-dir"])) / "client")
         if not key_dir:
-            raise ConfigError(
-                "client: no key directory; set node config 'keys-dir' or run config 'keys-dir'"
-            )
-        base = str(rc.get("run-dir", "") or "")
+            key_dir = str((Path(rc.keys_dir) if rc.keys_dir else run_dir.keys) / "client")
         data = str(nc.get("data", "") or "") or None
         policy_path = str(nc.get("policy", "") or "")
         if policy_path:
             policy = DevicePolicy.load(Path(policy_path))
         else:
-            # Simulation through `flwr run`: the virtual device holds the experiment file itself.
-            exp = str(rc.get("fedpriv-config", "") or "")
-            policy = DevicePolicy.from_config(load_config(exp or None))
+            # Simulation through `flwr run`: the virtual device holds the experiment itself (as
+            # the run folder records it once sized to the federation, else the submitted file).
+            exp = run_dir.config if run_dir.config.exists() else rc.fedpriv_config or None
+            policy = DevicePolicy.from_config(load_config(exp))
         seed_raw = nc.get("insecure-test-seed", None)
         seed = None if seed_raw in (None, "") else int(str(seed_raw))
-        return cls(Path(key_dir), Path(base) / "clients" if base else None, data, policy, seed)
+        return cls(Path(key_dir), run_dir.root / "clients", data, policy, seed)
 
     def state_dir(self, context: Context) -> Path | None:
         explicit = str(context.node_config.get("state-dir", "") or "")
@@ -212,6 +214,9 @@ def _local_data(cfg: RunConfig, settings: ClientSettings, context: Context) -> t
         seed=cfg.seed,
         max_samples=d.max_samples,
         validation_fraction=d.validation_fraction,
+        # the schema's label order is the class order: a device missing a class builds the
+        # same model, and a label outside the set is an error, never a new class
+        labels=client_label_set(cfg, settings.data, context.node_config),
     )
     if settings.data:
         pid, n = 0, 1  # the device's own data is its whole partition
@@ -427,6 +432,9 @@ def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Me
     )
     if refusal:
         return _reply(r, settings, context, msg, refusal=refusal)
+    checked = check_client_data(cfg, settings.data, context.node_config)
+    if not checked.ok:  # refuse before training: only the names of the failed checks leave
+        return _reply(r, settings, context, msg, refusal=checked.reason)
     train, _test = _local_data(cfg, settings, context)
     sigma = _planned_sigma(cfg, len(train), context) if cfg.record_dp else None
     if cfg.distributed_dp:  # distributed record-level DP: fedpriv/apps/distributed_client.py
@@ -554,6 +562,9 @@ def handle_evaluate(msg: Message, context: Context, settings: ClientSettings) ->
     if not refusal:
         violations = policy.review(cfg)
         refusal = "policy: " + "; ".join(violations) if violations else ""
+    if not refusal:
+        checked = check_client_data(cfg, settings.data, context.node_config)
+        refusal = "" if checked.ok else checked.reason
     if not refusal and cfg.distributed_dp:  # the device's own model, after catching up
         from fedpriv.apps import distributed_client as dist
 
@@ -609,5 +620,11 @@ def make_client_app(settings: ClientSettings | None = None) -> ClientApp:
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
         return handle_evaluate(msg, context, _settings(context))
+
+    @app.train("decrypt")
+    def _decrypt(msg: Message, context: Context) -> Message:
+        from fedpriv.apps.decrypt import handle_decrypt  # threshold custody only
+
+        return handle_decrypt(msg, context, _settings(context))
 
     return app

@@ -17,7 +17,7 @@ from fedpriv.apps.client import ClientSettings, _client_id, handle_evaluate, han
 
 __all__ = ["Fault", "make_faulty_client_app"]
 
-FaultKind = Literal["crash-before-train", "lose-update"]
+FaultKind = Literal["crash-before-train", "lose-update", "crash-on-decrypt"]
 
 
 @dataclass(frozen=True)
@@ -55,5 +55,19 @@ def make_faulty_client_app(settings: ClientSettings, faults: tuple[Fault, ...]) 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
         return handle_evaluate(msg, context, settings)
+
+    @app.train("decrypt")
+    def _decrypt(msg: Message, context: Context) -> Message:
+        from fedpriv.apps.decrypt import handle_decrypt
+
+        rnd = int(msg.content.config_records["decrypt"]["server-round"])  # type: ignore[arg-type]
+        cid = _client_id(context)
+        if any(
+            f.client_id == cid and f.server_round == rnd and f.kind == "crash-on-decrypt"
+            for f in faults
+        ):
+            # A share holder that drops out between aggregation and decryption.
+            raise InjectedFault(f"{cid} crashed before its partial decryption in round {rnd}")
+        return handle_decrypt(msg, context, settings)
 
     return app

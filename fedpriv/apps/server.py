@@ -13,7 +13,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedpriv.config import RunConfig, config_hash, load_config
+from fedpriv.config import RunConfig, config_hash
 from fedpriv.crypto.codec import PublicParams, load_params_file
 from fedpriv.crypto.identity import IdentityRegistry
 from fedpriv.errors import ConfigError
@@ -46,21 +46,11 @@ class ServerSettings:
 
     @classmethod
     def from_context(cls, context: Context) -> ServerSettings:
-        rc = context.run_config
-        cfg_path = str(rc.get("fedpriv-config", "") or "")
-        cfg = load_config(cfg_path or None)
-        keys = str(rc.get("keys-dir", "") or "")
-        if not keys:
-            raise ConfigError(
-                "server: run config 'keys-dir' is required (the folder `fedpriv keys init` wrote)"
-            )
-        run_dir = str(rc.get("run-dir", "") or "")
-        root = (
-            Path(run_dir)
-            if run_dir
-            else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-        )
-        return cls(cfg, root, Path(keys) / "server" / "params.json")
+        """Read the settings from the Flower run config (``fedpriv-config``, ``keys-dir``,
+        ``run-dir``, ``resume``, ``node-wait-s``; see :mod:`fedpriv.runs.flwr_config`)."""
+        from fedpriv.runs.flwr_app import server_settings
+
+        return server_settings(context)
 
 
 def _eval_cap(params: PublicParams, cfg: RunConfig) -> int:
@@ -79,6 +69,47 @@ def _eval_cap(params: PublicParams, cfg: RunConfig) -> int:
     return max(1, math.ceil(cap * max(1.0, f / (1.0 - f))))
 
 
+def _threshold_public(params: PublicParams, cfg: RunConfig, folder: Path) -> Any:
+    """Threshold custody's public material next to the parameters (None: shared custody)."""
+    from fedpriv.crypto.tparams import ThresholdParams
+
+    threshold = isinstance(params, ThresholdParams)
+    if threshold != (cfg.encryption.key_custody == "threshold" and cfg.he_on):
+        raise ConfigError(
+            f"server: the key set is for {'threshold' if threshold else 'shared'} custody but "
+            f"the config asks for encryption.key_custody={cfg.encryption.key_custody!r}"
+        )
+    if not isinstance(params, ThresholdParams):
+        return None
+    from fedpriv.crypto.tcustody import ThresholdPublic
+
+    return ThresholdPublic.load(folder, params)
+
+
+def _threshold_header(pub: Any, cfg: RunConfig) -> dict[str, Any]:
+    """The public facts of a threshold key the report states (docs/crypto.md)."""
+    p = pub.params
+    b = p.noise_budget()
+    return {
+        "parties": p.parties,
+        "threshold": p.threshold,
+        "share_holders": sorted(pub.parties),
+        "key_id": pub.key_id.hex(),
+        "poly_modulus_degree": p.poly_modulus_degree,
+        "log2_q": b.q_log2,
+        "modulus_bits": b.security_bits_used,
+        "max_modulus_bits_128": b.security_bits_allowed,
+        "flood_bits": p.flood_bits,
+        "statistical_security": p.statistical_security,
+        "statistical_distance_log2": b.statistical_distance_log2,
+        "failure_log2": b.failure_log2,
+        "max_decryptions": p.max_decryptions,
+        "compress_bits": p.compress_bits,
+        "masked": True,
+        "decryption_check": cfg.encryption.decryption_check,
+    }
+
+
 def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
     """Drive the whole run; returns the strategy (its history and final global blob)."""
     cfg = s.config
@@ -90,6 +121,7 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
     rd = RunDir(s.run_dir)
     rd.root.mkdir(parents=True, exist_ok=True)
     registry = IdentityRegistry.load(s.params_path.parent / "identities.json")
+    threshold = _threshold_public(params, cfg, s.params_path.parent)
     header = {
         "name": cfg.name,
         "config_hash": config_hash(cfg),
@@ -109,6 +141,9 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
     gate: Callable[[int], str | None] | None = None
     header["k_min"] = min_accepted
     header["identity_registry_sha256"] = registry.fingerprint()
+    header["key_custody"] = "threshold" if threshold is not None else "shared"
+    if threshold is not None:
+        header["threshold"] = _threshold_header(threshold, cfg)
     if cfg.client_dp:
         from fedpriv.privacy.client_level import client_level_epsilon, client_level_plan
 
@@ -168,7 +203,12 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
         pinned_nodes=s.node_map,
         max_eval_examples=_eval_cap(params, cfg),
         **extra,
+        **({"threshold": threshold} if threshold is not None else {}),
     )
+    if threshold is not None:
+        from fedpriv.deploy.threshold import registry_proof
+
+        strategy.registry_proof = registry_proof(s.params_path.parent)
     first = 1
     if s.resume:
         first = checkpoint.restore(strategy, recorder, rd, params.fingerprint())
@@ -182,13 +222,16 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
             checkpoint.save(strategy, rec.server_round, params.fingerprint())
 
     strategy.on_round = on_round
-    strategy.run(grid, cfg.rounds, first_round=first)
-    recorder.flush(
-        {
-            "stop_reason": strategy.stop_reason,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-    )
+    try:
+        strategy.run(grid, cfg.rounds, first_round=first)
+    finally:
+        # A failed run says why in metrics.json too, not only in the exception.
+        recorder.flush(
+            {
+                "stop_reason": strategy.stop_reason,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
     return strategy
 
 
@@ -198,6 +241,11 @@ def make_server_app(settings: ServerSettings | None = None) -> ServerApp:
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_server(grid, settings if settings is not None else ServerSettings.from_context(context))
+        if settings is not None:
+            run_server(grid, settings)
+            return
+        from fedpriv.runs.flwr_app import run_flwr_server
+
+        run_flwr_server(grid, context)
 
     return app

@@ -1,5 +1,18 @@
-"""Command-line interface: ``fedpriv simulate | keys | report``."""
+"""Command-line interface: ``fedpriv simulate | sweep | keys | server | client | run | report``.
 
-from fedpriv.cli.main import main
+``main`` loads on first use, so ``python -m fedpriv.cli.main`` runs without a double import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["main"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "main":
+        from fedpriv.cli.main import main
+
+        return main
+    raise AttributeError(f"module 'fedpriv.cli' has no attribute {name!r}")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from fedpriv.cli._args import add_config_args
+from fedpriv.cli.monitor_cmd import add_monitor_args, monitor_alongside
 
 __all__ = ["add_deploy_commands"]
 
@@ -27,7 +28,10 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     from fedpriv.config import load_config
     from fedpriv.deploy.dealer import init_federation
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides or [])
+    if args.threshold is not None:
+        overrides += ["encryption.key_custody=threshold", f"encryption.threshold={args.threshold}"]
+    cfg = load_config(args.config, overrides)
     nodes = args.nodes or cfg.federation.num_clients
     r = init_federation(
         cfg,
@@ -46,11 +50,28 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
     _out(
         f"  dealer key fingerprint {r.dealer_fingerprint}  (give it to every operator out of band)"
     )
-    _out(f"  {r.out / 'dealer'}: keep with the data owners (signing key, CA key, HE secret)")
-    _out(f"  {r.server_bundle}: copy to the server host (no HE secret)")
+    if r.threshold:
+        _out(
+            f"  threshold custody: {r.threshold} of {nodes} nodes decrypt together; the key was "
+            "Shamir-shared and erased, no file holds it whole"
+        )
+        _out(
+            f"  {r.out / 'dealer'}: keep with the data owners (signing key, CA key, mask key; no "
+            "share)"
+        )
+        _out(f"  {r.server_bundle}: copy to the server host (no share, no mask key)")
+    else:
+        _out(f"  {r.out / 'dealer'}: keep with the data owners (signing key, CA key, HE secret)")
+        _out(f"  {r.server_bundle}: copy to the server host (no HE secret)")
     for cid, path in r.client_bundles.items():
-        how = "HE secret sealed, relayed by the server" if cid in r.sealed else "HE secret inside"
+        what = "key share and mask key" if r.threshold else "HE secret"
+        how = f"{what} sealed, relayed by the server" if cid in r.sealed else f"{what} inside"
         _out(f"  {path}: copy to the device of {cid} ({how})")
+    if r.threshold and not r.sealed:
+        _out(
+            "  delete each client bundle here once it is on its device: together, any "
+            f"{r.threshold} of them hold the whole key"
+        )
     return 0
 
 
@@ -68,6 +89,12 @@ def cmd_keys_add_node(args: argparse.Namespace) -> int:
     _out(
         f"  {r.server_bundle}: re-signed; copy it to the server host, then `fedpriv server register`"
     )
+    if r.threshold:
+        _out(
+            "  threshold custody: the new node gets the mask key but no key share (it trains "
+            "and reads the global model, and is never asked to decrypt); to give it a share, "
+            "deal a new key with `fedpriv keys init --force`"
+        )
     if r.over_capacity:
         _out(
             f"  note: {r.num_nodes} nodes but the keys sum at most {r.max_clients} updates per "
@@ -105,29 +132,40 @@ def cmd_keys_verify(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- server
 def cmd_server_start(args: argparse.Namespace) -> int:
-    from fedpriv.deploy.processes import serve
-    from fedpriv.deploy.server import start_superlink
+    from fedpriv.deploy.processes import supervise
+    from fedpriv.deploy.server import start_server
 
-    proc, bundle, state, nodes, _cli = start_superlink(
+    t0 = time.monotonic()
+    server = start_server(
         args.bundle,
         address=args.address,
+        control_address=args.control_address,
         state_dir=args.state_dir,
         dealer_fingerprint=args.dealer_fingerprint,
     )
+    state = server.state
     _out(
-        f"SuperLink ready on {args.address} (TLS, SuperNode authentication on), federation "
-        f"{bundle.federation}, pid {proc.pid}"
+        f"SuperLink ready on {args.address} (TLS, SuperNode authentication on; Fleet API only), "
+        f"federation {server.bundle.federation}, pid {server.superlink.pid}, "
+        f"up in {time.monotonic() - t0:.1f}s"
     )
     _out(
-        f"  registered {len(nodes)} nodes: "
-        + ", ".join(f"{c}={n}" for c, n in sorted(nodes.items()))
+        f"  Control API on {server.control_address} (loopback, operator token in {state.token_file})"
     )
-    _out(f"  state {state.root}, log {state.log}")
+    _out(
+        f"  registered {len(server.nodes)} nodes: "
+        + ", ".join(f"{c}={n}" for c, n in sorted(server.nodes.items()))
+    )
+    _out(f"  state {state.root}, logs {state.log.parent}")
     _out("  stop with Ctrl-C (or SIGTERM)")
-    rc = serve(proc)
-    if rc:
+    with monitor_alongside(args.monitor, args.monitor_dir, args.monitor_port):
+        _rc, dead = supervise(server.processes)
+    server.release()
+    if dead is not None:
+        others = ", ".join(p.name for p in server.processes if p is not dead)
         print(
-            f"error: flower-superlink exited with status {rc}; log {state.log}:\n{proc.log_tail(20)}",
+            f"error: {dead.name} exited with status {dead.returncode()}; stopped {others}. "
+            f"Log {dead.log_path}:\n{dead.log_tail(20)}",
             file=sys.stderr,
         )
         return 8
@@ -137,12 +175,18 @@ def cmd_server_start(args: argparse.Namespace) -> int:
 
 def cmd_server_register(args: argparse.Namespace) -> int:
     from fedpriv.deploy.bundle import verify_bundle
-    from fedpriv.deploy.processes import FlwrCli
-    from fedpriv.deploy.server import ServerState, default_server_state, register_nodes
+    from fedpriv.deploy.server import (
+        ServerState,
+        control_connection,
+        default_server_state,
+        register_nodes,
+    )
+    from fedpriv.runs.flwr_cli import FlwrCli
 
     bundle = verify_bundle(args.bundle, kind="server")
     state = ServerState(Path(args.state_dir or default_server_state(bundle)).expanduser().resolve())
-    cli = FlwrCli(state.flwr_home, args.address, bundle.path("ca.crt"))
+    address, token = control_connection(state, args.address)
+    cli = FlwrCli(state.flwr_home, address, bundle.path("ca.crt"), token=token)
     before = state.read_nodes()
     nodes = register_nodes(bundle, cli, state, only_new=True)
     new = sorted(set(nodes) - set(before))
@@ -154,6 +198,46 @@ def cmd_server_register(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- client
+def _device_policy(args: argparse.Namespace) -> Any:
+    """The device owner's policy: ``--policy FILE`` (or the defaults), tightened by the options."""
+    from fedpriv.privacy.policy import DevicePolicy
+
+    base = DevicePolicy.load(args.policy) if args.policy else DevicePolicy()
+    return base.tighten(
+        max_epsilon=args.max_epsilon,
+        max_lifetime_epsilon=args.max_lifetime_epsilon,
+        max_delta=args.max_delta,
+        min_noise_multiplier=args.min_noise_multiplier,
+        min_clients_per_aggregate=args.min_clients_per_aggregate,
+        allowed_modes=args.allowed_modes.split(",") if args.allowed_modes else None,
+        allowed_custody=args.allowed_custody.split(",") if args.allowed_custody else None,
+        require_rebuilt_aggregate=args.require_rebuilt_aggregate or None,
+    )
+
+
+def cmd_client_ledger_head(args: argparse.Namespace) -> int:
+    """Export this device's signed ledger head(s), for ``fedpriv report verify --client-head``."""
+    from fedpriv.errors import StateError
+    from fedpriv.report.client_records import head_from_state, write_head
+
+    state = Path(args.state_dir).expanduser() / "privacy_state.json"
+    if not state.exists():
+        raise StateError(f"{state}: no privacy state (has this device taken part in a run?)")
+    heads = head_from_state(state)
+    if args.run_id:
+        heads = [h for h in heads if h.run_id == args.run_id]
+    if not heads:
+        raise StateError(f"{state}: no signed record for run {args.run_id or '(any)'}")
+    head = heads[-1]
+    write_head(head, args.out)
+    _out(
+        f"{head.client_id}: head of run {head.run_id} is record {head.seq}"
+        f" ({head.digest[:16]}...), written to {args.out}; give it to whoever verifies the"
+        " report: fedpriv report verify RUN_DIR --client-head FILE"
+    )
+    return 0
+
+
 def cmd_client_start(args: argparse.Namespace) -> int:
     from fedpriv.deploy.client import prepare_client, start_supernode, state_lock
     from fedpriv.deploy.processes import serve
@@ -169,9 +253,19 @@ def cmd_client_start(args: argparse.Namespace) -> int:
         partition=partition,
         node_key=args.node_key,
         dealer_fingerprint=args.dealer_fingerprint,
-        max_epsilon=args.max_epsilon,
-        max_delta=args.max_delta,
+        policy=_device_policy(args),
+        insecure_test_seed=args.insecure_test_seed,
+        schema=args.schema,
     )
+    if args.schema is not None and args.data:
+        from fedpriv.data.schema import check_local_data
+        from fedpriv.deploy.client import normalize_data_spec
+
+        verdict = check_local_data(normalize_data_spec(args.data), args.schema)
+        _out(
+            f"data schema {args.schema}: checked before every round; now "
+            + ("OK" if verdict.ok else f"{verdict.reason} (fedpriv data check shows where)")
+        )
     if prep.pin == "new-pin":
         _out(
             f"trusting dealer key {prep.bundle.dealer_fingerprint} from now on (pinned in "
@@ -207,19 +301,22 @@ def cmd_client_start(args: argparse.Namespace) -> int:
 
 def cmd_client_evaluate(args: argparse.Namespace) -> int:
     from fedpriv.config import load_config
-    from fedpriv.deploy.evaluate import evaluate_run, key_dir_for
+    from fedpriv.runs.evaluate import evaluate_run
+    from fedpriv.runs.keys import key_dir_for
 
     key_dir = key_dir_for(bundle=args.bundle, state_dir=args.state_dir, keys_dir=args.keys_dir)
     cfg = load_config(args.config, args.overrides) if args.config else None
-    res = evaluate_run(args.run_dir, key_dir, cfg=cfg, data=args.data, out=args.out)
+    res = evaluate_run(args.run_dir, key_dir, config=cfg, data=args.data, out=args.out)
     for r in res.rounds:
-        acc = r.get("heldout_accuracy")
         _out(
-            f"round {r['round']}: held-out accuracy "
-            + (f"{acc:.4f}" if acc is not None else "-")
-            + f"  ({r.get('accepted')}/{r.get('sampled')} updates)"
+            f"round {r.round}: held-out accuracy "
+            + (f"{r.accuracy:.4f}" if r.accuracy is not None else "-")
+            + f"  ({r.accepted}/{r.sampled} updates)"
         )
-    _out(f"evaluated on {res.heldout_examples} held-out examples; outputs in {res.out}")
+    _out(
+        f"evaluated on {res.metrics.get('heldout_examples')} held-out examples; outputs in "
+        f"{res.run_dir}"
+    )
     return 0
 
 
@@ -239,30 +336,46 @@ def _round_line(r: dict[str, Any]) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from fedpriv.config import load_config
     from fedpriv.deploy.run import submit_run
+    from fedpriv.errors import ConfigError, RunInterrupted
+    from fedpriv.runs import check_run_dir, default_run_dir
 
-    def _term(_sig: int, _frame: Any) -> None:  # stop the submitted run and clean up, as on Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
-    cfg = load_config(args.config, args.overrides)
+    if args.resume:
+        if args.config is not None or args.overrides:
+            raise ConfigError("--resume continues a run with its own config: drop --config/--set")
+        if args.out is None:
+            raise ConfigError("--resume needs --out RUN_DIR (the folder of the interrupted run)")
+        cfg = load_config(check_run_dir(args.out, resume=True) / "config.toml")
+    else:
+        cfg = load_config(args.config, args.overrides)
+    out = args.out or default_run_dir(cfg.name)
     _out(
         f"fedpriv run '{cfg.name}': {cfg.federation.num_clients} clients, {cfg.rounds} rounds, "
-        f"DP={cfg.privacy.mode}, encryption={cfg.encryption.scheme} -> {args.superlink}"
+        f"DP={cfg.privacy.mode}, encryption={cfg.encryption.scheme}"
+        + (f" -> {args.superlink}" if args.superlink else "")
+        + (" (resumed)" if args.resume else "")
     )
-    outcome = submit_run(
-        args.superlink,
-        args.bundle,
-        cfg,
-        run_dir=args.out,
-        server_state=args.server_state,
-        dealer_fingerprint=args.dealer_fingerprint,
-        remote_bundle=args.remote_bundle,
-        relay=not args.no_relay,
-        node_wait_s=args.node_wait,
-        timeout_s=args.timeout,
-        progress=lambda r: _out(_round_line(r)),
-        on_submitted=lambda task, rid: _out(f"submitted {task} run {rid}"),
-    )
+    try:
+        outcome = submit_run(
+            args.superlink,
+            args.bundle,
+            cfg,
+            run_dir=out,
+            server_state=args.server_state,
+            dealer_fingerprint=args.dealer_fingerprint,
+            remote_bundle=args.remote_bundle,
+            relay=not args.no_relay,
+            node_wait_s=args.node_wait,
+            timeout_s=args.timeout,
+            progress=lambda r: _out(_round_line(r)),
+            on_submitted=lambda task, rid: _out(f"submitted {task} run {rid}"),
+            resume=args.resume,
+        )
+    except KeyboardInterrupt:
+        raise RunInterrupted(
+            "the run was stopped on the SuperLink; continue it with `fedpriv run --resume "
+            f"--out {out} --superlink {args.superlink} --bundle {args.bundle}`",
+            out,
+        ) from None
     if outcome.relay:
         _out(
             "sealed keys relayed: "
@@ -276,10 +389,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if m.get("stop_reason"):
         _out(f"stopped early: {m['stop_reason']}")
     if args.evaluate_bundle or args.evaluate_keys:
-        from fedpriv.deploy.evaluate import evaluate_run, key_dir_for
+        from fedpriv.runs.evaluate import evaluate_run
+        from fedpriv.runs.keys import key_dir_for
 
         key_dir = key_dir_for(bundle=args.evaluate_bundle, keys_dir=args.evaluate_keys)
-        res = evaluate_run(outcome.run_dir, key_dir, cfg=cfg)
+        res = evaluate_run(outcome.run_dir, key_dir, config=cfg)
         _out(
             "held-out accuracy (decrypted by the key holder): "
             + (f"{res.final_accuracy:.4f}" if res.final_accuracy is not None else "-")
@@ -335,6 +449,14 @@ def add_deploy_commands(sub: Any) -> None:
         default=None,
         help="largest number of updates per round (default: max(nodes, clients per round))",
     )
+    ki.add_argument(
+        "--threshold",
+        type=int,
+        default=None,
+        metavar="T",
+        help="threshold custody: Shamir-share the HE secret, any T of the nodes decrypt together "
+        "(sets encryption.key_custody=threshold; 0 = a majority)",
+    )
     ki.add_argument("--force", action="store_true", help="replace a federation already in --out")
     ki.set_defaults(func=cmd_keys_init)
 
@@ -365,24 +487,36 @@ def add_deploy_commands(sub: Any) -> None:
     ss = s.add_subparsers(dest="server_command", required=True)
     st = ss.add_parser(
         "start",
-        help="start flower-superlink with TLS and node authentication; register the bundle's nodes",
+        help="start flower-superlink (TLS, node authentication) behind nginx, which exposes only "
+        "the SuperNode routes; register the bundle's nodes",
     )
     st.add_argument("--bundle", type=Path, required=True, help="the server bundle")
     st.add_argument(
         "--address",
         default="127.0.0.1:9092",
-        help="HOST:PORT to listen on (0.0.0.0:PORT for all interfaces)",
+        help="HOST:PORT for SuperNodes (0.0.0.0:PORT for all interfaces); Fleet API only",
+    )
+    st.add_argument(
+        "--control-address",
+        default=None,
+        help="loopback HOST:PORT of the Control API for the operator (default: a free port on "
+        "127.0.0.1; fix it, e.g. 127.0.0.1:9093, to reach it through an SSH tunnel)",
     )
     st.add_argument(
         "--state-dir", type=Path, default=None, help="default $FEDPRIV_HOME/server-<federation>"
     )
     st.add_argument("--dealer-fingerprint", default=None, help=fp_help)
+    add_monitor_args(st, runs_dir=True)
     st.set_defaults(func=cmd_server_start)
     sr = ss.add_parser(
         "register", help="register nodes added to the bundle since the server started"
     )
     sr.add_argument("--bundle", type=Path, required=True)
-    sr.add_argument("--address", default="127.0.0.1:9092", help="the running SuperLink")
+    sr.add_argument(
+        "--address",
+        default=None,
+        help="the Control API (default: the one `fedpriv server start` recorded in --state-dir)",
+    )
     sr.add_argument("--state-dir", type=Path, default=None)
     sr.set_defaults(func=cmd_server_register)
 
@@ -431,17 +565,69 @@ def add_deploy_commands(sub: Any) -> None:
         help="seconds to wait for the SuperLink to accept the node",
     )
     cst.add_argument(
+        "--policy",
+        type=Path,
+        default=None,
+        help="this device's privacy policy (JSON, see docs/deployment.md); default: at most"
+        " epsilon 10 per run and over all runs, delta 1e-5, DP required, k_min 2",
+    )
+    cst.add_argument(
         "--max-epsilon",
         type=float,
         default=None,
-        help="this device's own privacy budget: lowers any run's privacy.max_epsilon to it and "
-        "refuses runs without record-level DP",
+        help="record-level epsilon any one run may spend here (tightens the policy)",
     )
     cst.add_argument(
-        "--max-delta",
+        "--max-lifetime-epsilon",
         type=float,
-        default=1e-5,
-        help="with --max-epsilon: refuse runs whose privacy.delta is larger (default 1e-5)",
+        default=None,
+        help="record-level epsilon all runs on this data may spend together (tightens the policy)",
+    )
+    cst.add_argument(
+        "--max-delta", type=float, default=None, help="refuse runs asking for a larger delta"
+    )
+    cst.add_argument(
+        "--min-noise-multiplier",
+        type=float,
+        default=None,
+        help="refuse runs whose DP-SGD noise multiplier is smaller",
+    )
+    cst.add_argument(
+        "--min-clients-per-aggregate",
+        type=int,
+        default=None,
+        help="never train from an aggregate of fewer updates (k_min)",
+    )
+    cst.add_argument(
+        "--allowed-modes",
+        default=None,
+        help="comma-separated privacy modes this device takes part in (record,both,client)",
+    )
+    cst.add_argument(
+        "--allowed-custody",
+        default=None,
+        help="comma-separated key custodies this device takes part in (shared,threshold)",
+    )
+    cst.add_argument(
+        "--require-rebuilt-aggregate",
+        action="store_true",
+        help="threshold custody: partially decrypt only aggregates this device rebuilt from the"
+        " round's signed updates (closes a forged-aggregate attack; downloads every update)",
+    )
+    cst.add_argument(
+        "--insecure-test-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tests only: draw this device's DP randomness from a seed instead of the OS CSPRNG;"
+        " every record says so and the run is marked NOT private",
+    )
+    cst.add_argument(
+        "--schema",
+        type=Path,
+        default=None,
+        help="this device's data schema (fedpriv data schema infer): the device checks its data "
+        "before every round and refuses to train on a violation, naming only the failed checks",
     )
     cst.add_argument(
         "--cold",
@@ -449,6 +635,14 @@ def add_deploy_commands(sub: Any) -> None:
         help="no warm ClientApp server: a fresh process per message (less idle memory, more CPU per round)",
     )
     cst.set_defaults(func=cmd_client_start)
+    lh = cs.add_parser(
+        "ledger-head",
+        help="export this device's signed ledger head, so a report missing its latest records fails",
+    )
+    lh.add_argument("--state-dir", type=Path, required=True, help="the device's state folder")
+    lh.add_argument("--run-id", default=None, help="the run (default: the latest one)")
+    lh.add_argument("--out", type=Path, required=True, help="where to write the head (JSON)")
+    lh.set_defaults(func=cmd_client_ledger_head)
     ce = cs.add_parser(
         "evaluate", help="as a key holder: decrypt a run's global models and evaluate them"
     )
@@ -474,7 +668,12 @@ def add_deploy_commands(sub: Any) -> None:
     r = sub.add_parser(
         "run", help="submit a training run to the SuperLink and wait for its real final status"
     )
-    r.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    r.add_argument(
+        "--superlink",
+        default=None,
+        help="the SuperLink's Control API (default: the one `fedpriv server start` recorded in "
+        "its state folder; its public address means the same)",
+    )
     r.add_argument("--bundle", type=Path, required=True, help="the server bundle")
     add_config_args(r)
     r.add_argument(
@@ -494,6 +693,12 @@ def add_deploy_commands(sub: Any) -> None:
         "--remote-bundle",
         default=None,
         help="the server bundle's path on the SuperLink host, if different",
+    )
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out from its last server checkpoint (its own "
+        "config; no --config/--set)",
     )
     r.add_argument(
         "--no-relay", action="store_true", help="do not relay sealed keys before training"

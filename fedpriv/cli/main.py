@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from fedpriv.cli._args import add_config_args
 from fedpriv.errors import FedprivError
@@ -20,128 +19,59 @@ from fedpriv.errors import FedprivError
 __all__ = ["main"]
 
 
-def _progress_printer(console: Any, cfg: Any) -> Any:
-    def show(rec: Any) -> None:
-        eps = [c.metrics.get("epsilon", 0.0) for c in rec.clients if c.metrics]
-        up = [c.bytes_up for c in rec.clients if c.bytes_up]
-        acc = f"{rec.federated_accuracy:.3f}" if rec.federated_accuracy is not None else "  -  "
-        refused = sum(c.status == "refused" for c in rec.clients)
-        bad = sum(c.status in ("rejected", "failed") for c in rec.clients)
-        console.print(
-            f"round {rec.server_round}/{cfg.rounds}  accepted {rec.accepted}/{len(rec.sampled)}"
-            + (f"  refused {refused}" if refused else "")
-            + (f"  rejected/failed {bad}" if bad else "")
-            + f"  fed-acc {acc}"
-            + (f"  eps max {max(eps):.2f}" if eps and cfg.record_level else "")
-            + (f"  up {sum(up) / len(up) / 1024:.1f} KiB/client" if up else "")
-            + f"  {rec.seconds:.1f}s"
-        )
-
-    return show
-
-
-def _summary(console: Any, result: Any, cfg: Any) -> None:
-    from rich.table import Table
-
-    doc = result.metrics
-    t = Table(
-        title=f"fedpriv run '{cfg.name}': accuracy per round (held-out set, decrypted by the key holder)"
-    )
-    for col in (
-        "round",
-        "held-out acc",
-        "federated acc",
-        "accepted",
-        "refused",
-        "max eps",
-        "KiB up/client",
-        "KiB down/client",
-        "s",
-    ):
-        t.add_column(col, justify="right")
-    for r in doc["rounds"]:
-        cl = list(r["clients"].values())
-        eps = [c["epsilon"] for c in cl if c.get("epsilon") is not None]
-        ups = [c["bytes_up"] for c in cl if c["bytes_up"]]
-        downs = [c["bytes_down"] for c in cl]
-        t.add_row(
-            str(r["round"]),
-            f"{r['heldout_accuracy']:.4f}" if r.get("heldout_accuracy") is not None else "-",
-            f"{r['federated_accuracy']:.4f}" if r.get("federated_accuracy") is not None else "-",
-            f"{r['accepted']}/{r['sampled']}",
-            str(r["refused"]),
-            f"{max(eps):.3f}" if eps and cfg.record_level else "-",
-            f"{sum(ups) / len(ups) / 1024:.1f}" if ups else "-",
-            f"{sum(downs) / len(downs) / 1024:.1f}" if downs else "-",
-            f"{r['seconds']:.1f}",
-        )
-    console.print(t)
-    if cfg.record_level:
-        et = Table(
-            title=f"epsilon spent per client (delta={cfg.privacy.delta:g}, accountant={cfg.privacy.accountant}, budget {cfg.privacy.max_epsilon:g})"
-        )
-        et.add_column("client")
-        rounds = doc["rounds"]
-        for r in rounds:
-            et.add_column(f"r{r['round']}", justify="right")
-        ids = sorted({cid for r in rounds for cid in r["clients"]}, key=lambda s: (len(s), s))
-        for cid in ids:
-            row = [cid]
-            for r in rounds:
-                c = r["clients"].get(cid)
-                if c is None:
-                    row.append("")
-                else:
-                    e = c.get("epsilon")
-                    mark = "*" if c["status"] == "refused" else ""
-                    row.append(f"{e:.3f}{mark}" if e is not None else c["status"])
-            et.add_row(*row)
-        console.print(et)
-        console.print("  * = refused to train: the round would have exceeded the client's budget")
-    acc = result.final_accuracy
-    console.print(
-        f"[bold]done[/bold] in {result.wall_seconds:.1f}s; final held-out accuracy {acc:.4f}"
-        if acc is not None
-        else "no round completed",
-    )
-    if doc.get("stop_reason"):
-        console.print(f"stopped early: {doc['stop_reason']}")
-    console.print(f"outputs: {result.run_dir}")
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from fedpriv.cli.display import RoundDisplay, print_summary, run_header
     from fedpriv.config import load_config
+    from fedpriv.errors import ConfigError
+    from fedpriv.runs import check_run_dir
     from fedpriv.simulation import simulate
 
-    console = Console()
+    if args.project is not None and args.engine != "flwr":
+        raise ConfigError("--project is only used with --engine flwr")
     if args.resume:
-        if args.out is None or args.config is not None or args.overrides:
-            from fedpriv.errors import ConfigError
-
-            raise ConfigError(
-                "--resume takes the run folder as --out and uses its own config (no --config/--set)"
-            )
-        cfg = load_config(args.out / "config.toml")
+        if args.config is not None or args.overrides:
+            raise ConfigError("--resume continues a run with its own config: drop --config/--set")
+        if args.out is None:
+            raise ConfigError("--resume needs --out RUN_DIR (the folder of the interrupted run)")
+        cfg = load_config(check_run_dir(args.out, resume=True) / "config.toml")
     else:
         cfg = load_config(args.config, args.overrides)
-    console.print(
-        f"fedpriv simulate '{cfg.name}': {cfg.federation.num_clients} clients, {cfg.rounds} rounds, "
-        f"data={cfg.data.dataset} ({cfg.data.partitioner}), DP={cfg.privacy.mode}, encryption={cfg.encryption.scheme}"
-    )
+        if args.out is not None:
+            check_run_dir(args.out)  # argument mistakes before the header (simulate checks again)
+    if args.engine == "flwr":
+        from fedpriv.simulation import project_folder
+
+        project_folder(args.project)
+    console = Console(highlight=False)
+    console.print(run_header(cfg) + (" (resumed)" if args.resume else ""))
     if args.insecure_test_seed is not None:
         console.print(
             "[bold red]warning:[/] --insecure-test-seed makes the devices' DP randomness "
             "reproducible: this run is NOT private (its report and `report verify` say so)"
         )
-    result = simulate(
-        cfg,
-        args.out,
-        progress=None if args.quiet else _progress_printer(console, cfg),
-        insecure_test_seed=args.insecure_test_seed,
-    )
-    _summary(console, result, cfg)
+    out = args.out
+    if args.monitor and out is None:  # the monitor needs the folder before the run makes it
+        from fedpriv.runs import default_run_dir
+
+        out = default_run_dir(cfg.name)
+    from fedpriv.cli.monitor_cmd import monitor_alongside
+
+    with (
+        monitor_alongside(args.monitor, out or Path("runs"), args.monitor_port),
+        RoundDisplay(console, cfg, quiet=args.quiet) as show,
+    ):
+        result = simulate(
+            cfg,
+            out,
+            progress=show,
+            engine=args.engine,
+            project=args.project,
+            resume=args.resume,
+            insecure_test_seed=args.insecure_test_seed,
+        )
+    print_summary(console, result)
     return 0
 
 
@@ -205,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="tests only: the virtual devices draw their DP randomness from this seed instead of "
         "the OS CSPRNG; the run is marked NOT private",
     )
+    from fedpriv.cli.monitor_cmd import add_monitor_args, add_monitor_parser
+
+    add_monitor_args(s)
     s.set_defaults(func=cmd_simulate)
     c = sub.add_parser(
         "central",
@@ -222,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--quiet", action="store_true", help="no per-evaluation progress")
     c.set_defaults(func=cmd_central)
+    from fedpriv.cli.data_cmd import add_data_parser
+
+    add_data_parser(sub)
+    add_monitor_parser(sub)
     from fedpriv.cli.sweep_cmd import add_sweep_parser
 
     add_sweep_parser(sub)
@@ -234,25 +171,63 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_third_party(verbose: bool) -> None:
+    """Our own warnings and errors only, unless ``--verbose``: Flower's INFO/DEBUG lines and
+    deprecation banners, Ray's log lines and FutureWarnings stay out of a researcher's way."""
+    import warnings
+
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)  # records that propagate from chatty loggers stop here too
+    if verbose:
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    for name in ("flwr", "ray"):
+        # Flower sets its logger to DEBUG when imported: a filter survives that.
+        logging.getLogger(name).addFilter(_ErrorsOnly())
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+def _interrupted(code: int, *, program: bool) -> int:
+    """Exit an interrupted program at once. Everything it wrote is on disk (atomic, fsynced);
+    what is left are third-party threads and native teardown (Ray's, torch's), which can wait
+    on services that are gone or take seconds: not worth keeping a stopped user waiting.
+    In-process callers (``main([...])``) get the exit code instead."""
+    if program:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``fedpriv`` program (``argv`` None: ``sys.argv``); returns the exit code."""
+    from fedpriv.errors import RunInterrupted
+    from fedpriv.runs.interrupt import EXIT_INTERRUPTED, sigint_guard
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:
-        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-        for name in ("flwr", "ray"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        return int(args.func(args))
-    except FedprivError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    _quiet_third_party(args.verbose)
+    with sigint_guard():
+        try:
+            return int(args.func(args))
+        except RunInterrupted as exc:
+            print(f"interrupted: {exc}", file=sys.stderr)
+            return _interrupted(exc.exit_code, program=argv is None)
+        except FedprivError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return _interrupted(EXIT_INTERRUPTED, program=argv is None)
 
 
 if __name__ == "__main__":  # pragma: no cover

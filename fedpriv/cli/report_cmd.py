@@ -71,6 +71,8 @@ def cmd_report_verify(args: argparse.Namespace) -> int:
             trusted_keys=tuple(args.trusted_key),
             allow_unknown_key=args.allow_unknown_key,
             trust_local_keys=not args.no_local_trust,
+            registry=args.registry,
+            client_heads=tuple(args.client_head),
         ),
     )
     if args.json:
@@ -146,6 +148,22 @@ def add_report_parser(sub: Any) -> None:
         "--no-local-trust",
         action="store_true",
         help="do not trust the keys in $FEDPRIV_HOME/signing (check as a third party would)",
+    )
+    v.add_argument(
+        "--registry",
+        type=Path,
+        default=None,
+        help="the clients' identity registry (identities.json); default: the run folder's"
+        " keys/server/identities.json",
+    )
+    v.add_argument(
+        "--client-head",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a ledger head a client exported (fedpriv client ledger-head; repeatable): the"
+        " ledger must reach it",
     )
     v.add_argument("--json", action="store_true", help="print the result as JSON")
     v.set_defaults(func=cmd_report_verify)

@@ -8,6 +8,9 @@ Key directory layout (written by :func:`fedpriv.keys.deal_keys`)::
     keys/server/params.json   public parameters: all the server ever gets
     keys/client/params.json   the same public parameters
     keys/client/secret.key    HE secret (absent when encryption is off), owner-only
+
+Threshold custody keeps other files there (public key, share index map, shares, mask key):
+see :mod:`fedpriv.crypto.tcustody`.
 """
 
 from __future__ import annotations
@@ -89,9 +92,18 @@ def load_params_file(path: Path) -> PublicParams:
         raise CryptoError(f"{path}: {exc}") from None
 
 
-def open_aggregator(params: PublicParams) -> AggregatorLike:
+def open_aggregator(params: PublicParams, key_id: bytes | None = None) -> AggregatorLike:
+    """The server's running sum; threshold custody also needs the (public) key id."""
     if isinstance(params, PlainParams):
         return PlainAggregator(params)
+    from fedpriv.crypto.tparams import ThresholdParams
+
+    if isinstance(params, ThresholdParams):
+        from fedpriv.crypto.threshold import ThresholdAggregator
+
+        if key_id is None:
+            raise CryptoError("threshold custody: the aggregator needs the public key's id")
+        return ThresholdAggregator(params, key_id)
     from fedpriv.crypto import Aggregator, HEParams
 
     assert isinstance(params, HEParams)
@@ -119,11 +131,29 @@ class ClientCodec:
     def encrypted(self) -> bool:
         return self._plain is None
 
+    @property
+    def holder(self) -> Any:
+        """The key material: a ``KeyHolder``, a ``ThresholdKeyHolder``, or None (plaintext)."""
+        return self._holder
+
+    @property
+    def custody(self) -> str:
+        """``shared`` (one secret every client holds), ``threshold``, or ``none`` (plaintext)."""
+        if self._plain is not None:
+            return "none"
+        return str(getattr(self.params, "custody", "shared"))
+
     @classmethod
     def load(cls, key_dir: Path) -> ClientCodec:
         params = load_params_file(key_dir / "params.json")
         if isinstance(params, PlainParams):
             return cls(params, None)
+        from fedpriv.crypto.tparams import ThresholdParams
+
+        if isinstance(params, ThresholdParams):
+            from fedpriv.crypto.tcustody import ThresholdKeyHolder
+
+            return cls(params, ThresholdKeyHolder.load(key_dir, params))
         from fedpriv.crypto import KeyHolder
 
         secret = key_dir / "secret.key"

@@ -76,13 +76,17 @@ __all__ = [
     "KIND_UPDATE",
     "SHARE_FILE_NAME",
     "BatchDecoder",
+    "CombinedInfo",
     "DealtKeys",
     "KeyShare",
+    "PartialInfo",
     "ThresholdAggregator",
     "ThresholdEncryptor",
+    "aggregate_count",
     "aggregate_digest",
     "assemble_share",
     "combine_partials",
+    "combined_info",
     "deal",
     "derive_mask",
     "finish_decryption",
@@ -90,6 +94,7 @@ __all__ = [
     "key_id_of",
     "lagrange_at_zero",
     "partial_blob_bytes",
+    "partial_info",
     "reshare_contribution",
     "threshold_decrypt",
     "update_blob_bytes",
@@ -619,6 +624,10 @@ class KeyShare:
     ) -> bytes:
         """This party's partial decryption of ``aggregate`` for the participant set P.
 
+        The caller (protocol layer) must first check that the aggregate sums at least k_min
+        distinct signed updates of the current round: this function cannot tell an aggregate
+        from a single ciphertext (the count field is the server's claim).
+
         Parameters
         ----------
         aggregate : bytes
@@ -633,10 +642,6 @@ class KeyShare:
             :func:`derive_mask`); the finishing party removes it.
         min_count : int
             Refuse aggregates that declare fewer summands (pass k_min).
-
-        The caller (protocol layer) must first check that the aggregate sums at least k_min
-        distinct signed updates of the current round: this function cannot tell an aggregate
-        from a single ciphertext (the count field is the server's claim).
         """
         p = self._params
         ps = _check_participants(p, participants)
@@ -989,6 +994,43 @@ def _load_aggregate_c0(
     return c0c.reshape(params.num_ciphertexts, params.poly_modulus_degree), count
 
 
+def aggregate_count(params: ThresholdParams, blob: bytes, key_id: bytes) -> int:
+    """The number of summands an aggregate blob declares (the server's claim: framing checked)."""
+    return _load_aggregate_c0(params, blob, key_id)[1]
+
+
+@dataclass(frozen=True)
+class PartialInfo:
+    """What one partial decryption is bound to (read from its validated frame)."""
+
+    party: int
+    participants: tuple[int, ...]
+    masked: bool
+    aggregate_digest: bytes
+    count: int
+
+
+def partial_info(params: ThresholdParams, blob: bytes, key_id: bytes) -> PartialInfo:
+    """Validate one partial decryption's frame and read its binding (the relay checks each
+    partial before combining, so a bad one is attributed to its sender)."""
+    t = params.threshold
+    _, header, _ = _unframe(
+        blob,
+        params,
+        KIND_PARTIAL,
+        key_id,
+        _partial_header_size(params),
+        params.partial_payload_bytes,
+    )
+    (idx,) = _U16.unpack_from(header, 0)
+    ps = tuple(_U16.unpack_from(header, 2 + 2 * i)[0] for i in range(t))
+    flag = header[2 + 2 * t]
+    (cnt,) = _U32.unpack_from(header, 35 + 2 * t)
+    if flag not in (0, 1):
+        raise WireError("partial decryption: masked flag must be 0 or 1")
+    return PartialInfo(idx, ps, bool(flag), bytes(header[3 + 2 * t : 35 + 2 * t]), cnt)
+
+
 class ThresholdAggregator:
     """The server: validates update blobs and sums them, one at a time. Holds no key.
 
@@ -1108,6 +1150,42 @@ def combine_partials(
     assert ps is not None
     header = b"".join(_U16.pack(x) for x in ps) + bytes([masked or 0]) + digest + _U32.pack(count)
     return _frame(params, KIND_COMBINED, key_id, header, pack_bits(acc, params.compress_bits))
+
+
+@dataclass(frozen=True)
+class CombinedInfo:
+    """What a combined blob is bound to (read from its validated header)."""
+
+    participants: tuple[int, ...]
+    masked: bool
+    aggregate_digest: bytes
+    count: int
+
+
+def combined_info(params: ThresholdParams, combined: bytes, key_id: bytes) -> CombinedInfo:
+    """The participant set, masking, aggregate digest and count of a combined blob.
+
+    The finishing party needs P and the digest to derive the masks before
+    :func:`finish_decryption`. The whole blob is validated (framing, size, digest).
+    """
+    t = params.threshold
+    _, header, _ = _unframe(
+        combined,
+        params,
+        KIND_COMBINED,
+        key_id,
+        _combined_header_size(params),
+        params.partial_payload_bytes,
+    )
+    ps = tuple(_U16.unpack_from(header, 2 * i)[0] for i in range(t))
+    (count,) = _U32.unpack_from(header, 33 + 2 * t)
+    if header[2 * t] not in (0, 1):
+        raise WireError("combined decryption: masked flag must be 0 or 1")
+    try:
+        _check_participants(params, ps)
+    except CryptoError as e:
+        raise WireError(f"combined decryption: {e}") from None
+    return CombinedInfo(ps, bool(header[2 * t]), bytes(header[2 * t + 1 : 2 * t + 33]), count)
 
 
 def finish_decryption(

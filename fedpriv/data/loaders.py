@@ -15,6 +15,7 @@ import csv
 import functools
 import gzip
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -68,6 +69,7 @@ def load_dataset(
     seed: int = 0,
     max_samples: int = 0,
     validation_fraction: float = 0.0,
+    labels: Sequence[str] | None = None,
 ) -> tuple[ArrayDataset, ArrayDataset]:
     """Load a dataset and return ``(train, held-out test)``.
 
@@ -88,6 +90,11 @@ def load_dataset(
     validation_fraction : float
         Hyperparameter tuning: hold out this share of the training data (stratified) and
         return it in place of the test set, which is then never read. 0 = off.
+    labels : sequence of str, optional
+        The declared label set in class order (a data schema's ``label.values``): class ``i``
+        is ``labels[i]`` and a label outside the set is an error. Without it the classes are
+        the distinct labels found, and numbers mixed with words (``"cat"`` among digits) are
+        refused as a probable typo.
 
     Returns
     -------
@@ -119,12 +126,16 @@ def load_dataset(
         )
     if not 0.0 <= validation_fraction < 1.0:
         raise DataError(f"data.validation_fraction: must be in [0, 1), got {validation_fraction}")
+    declared = tuple(str(v) for v in labels) if labels is not None else None
+    if declared is not None and (len(declared) < 2 or len(set(declared)) != len(declared)):
+        raise DataError(f"declared label set {list(declared)}: need at least 2 distinct labels")
     return _load_cached(
         spec,
         label_column,
         float(holdout_fraction),
         seed,
         max_samples,
+        declared,
         stamp,
         float(validation_fraction),
     )
@@ -181,18 +192,19 @@ def _load_cached(
     holdout_fraction: float,
     seed: int,
     max_samples: int,
+    labels: tuple[str, ...] | None,
     stamp: tuple[Any, ...],  # only part of the key
     validation_fraction: float = 0.0,
 ) -> tuple[ArrayDataset, ArrayDataset]:
     kind, _, arg = spec.partition(":")
     if kind == "digits":
-        raw, name = _raw_digits(), "digits"
+        raw, name = _raw_digits(labels), "digits"
     elif kind == "mnist":
-        raw, name = _raw_mnist(Path(arg), label_column), "mnist"
+        raw, name = _raw_mnist(Path(arg), label_column, labels), "mnist"
     elif kind == "csv":
-        raw, name = _raw_csv(Path(arg), label_column), Path(arg).name
+        raw, name = _raw_csv(Path(arg), label_column, labels), Path(arg).name
     else:
-        raw, name = _raw_hf(arg, label_column), arg
+        raw, name = _raw_hf(arg, label_column, labels), arg
     return _finish(
         raw,
         name,
@@ -281,32 +293,70 @@ def _stratified_split(
     return np.sort(a), np.sort(b)
 
 
-def _encode_labels(values: np.ndarray, *, where: str) -> tuple[np.ndarray, int]:
-    """Map label values to 0..C-1 in sorted order (numeric order when all are numbers)."""
+def _encode_labels(
+    values: np.ndarray, *, where: str, labels: tuple[str, ...] | None = None
+) -> tuple[np.ndarray, int]:
+    """Map label values to class ids 0..C-1.
+
+    With a declared label set, class ``i`` is ``labels[i]`` and any other value is an error
+    naming its rows. Without one, the distinct values in sorted order (numeric order when all
+    are numbers); numbers mixed with words are refused as a probable typo.
+    """
     if values.size == 0:
         raise DataError(f"{where}: no labels")
-    uniq = np.unique(values.astype(str))
-    try:
-        keys = uniq.astype(np.float64)
-        uniq = uniq[np.argsort(keys, kind="stable")]  # "10" after "9"
-    except ValueError:
-        pass
-    lookup = {v: i for i, v in enumerate(uniq.tolist())}
-    y = np.fromiter((lookup[v] for v in values.astype(str).tolist()), np.int64, len(values))
+    text = values.astype(str)
+    if labels is not None:
+        lookup = {v: i for i, v in enumerate(labels)}
+        unknown = ~np.isin(text, list(labels))
+        if unknown.any():
+            rows = np.flatnonzero(unknown)
+            shown = ", ".join(f"row {r + 1} {str(text[r])!r}" for r in rows[:5])
+            more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+            raise DataError(
+                f"{where}: {len(rows)} label(s) outside the declared label set "
+                f"({', '.join(labels)}): {shown}{more}"
+            )
+        return np.fromiter((lookup[v] for v in text.tolist()), np.int64, len(text)), len(labels)
+    from fedpriv.data.schema.infer import sorted_labels
+
+    words = np.asarray([not _is_number(v) for v in text.tolist()], dtype=bool)
+    if words.any() and not words.all():
+        rows = np.flatnonzero(words if words.sum() <= (~words).sum() else ~words)
+        shown = ", ".join(f"row {r + 1} {str(text[r])!r}" for r in rows[:5])
+        raise DataError(
+            f"{where}: labels mix numbers and words ({shown}"
+            + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+            + "): a typo? Fix the data, or declare the label set in a data schema "
+            "(fedpriv data schema infer --labels ...; data.schema)"
+        )
+    uniq = sorted_labels(np.unique(text).tolist(), where=where)
+    lookup = {v: i for i, v in enumerate(uniq)}
+    y = np.fromiter((lookup[v] for v in text.tolist()), np.int64, len(text))
     return y, len(uniq)
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------- digits
 
 
-def _raw_digits() -> _Raw:
+def _raw_digits(labels: tuple[str, ...] | None = None) -> _Raw:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     # Pixels are counts 0..16 of an 8x8 grid; scale to [0, 1] like the other image sources.
     x = (np.asarray(bunch.data, dtype=np.float32) / 16.0).reshape(-1, 1, 8, 8)
     y = np.asarray(bunch.target, dtype=np.int64)
-    return _Raw(x, y, None, None, num_classes=10, kind="image")
+    if labels is None:
+        return _Raw(x, y, None, None, num_classes=10, kind="image")
+    y, k = _encode_labels(y, where="digits", labels=labels)
+    return _Raw(x, y, None, None, num_classes=k, kind="image")
 
 
 # ---------------------------------------------------------------------------- mnist
@@ -400,7 +450,7 @@ def _all_numeric(cells: list[str]) -> bool:
     return True
 
 
-def _raw_mnist(folder: Path, label_column: str) -> _Raw:
+def _raw_mnist(folder: Path, label_column: str, labels: tuple[str, ...] | None = None) -> _Raw:
     train = _read_mnist_idx_pair(folder, "train")
     if train is None:
         csvs = sorted(folder.glob("*.csv.gz")) + sorted(folder.glob("*.csv"))
@@ -423,12 +473,20 @@ def _raw_mnist(folder: Path, label_column: str) -> _Raw:
     def to_float(images: np.ndarray) -> np.ndarray:
         return (images.astype(np.float32) / 255.0)[:, None, :, :]
 
+    y_train, y_test = train[1].astype(np.int64), None if test is None else test[1].astype(np.int64)
+    num_classes = 10
+    if labels is not None:
+        y_train, num_classes = _encode_labels(
+            y_train, where=f"{folder} (training labels)", labels=labels
+        )
+        if y_test is not None:
+            y_test, _ = _encode_labels(y_test, where=f"{folder} (test labels)", labels=labels)
     return _Raw(
         x_train=to_float(train[0]),
-        y_train=train[1].astype(np.int64),
+        y_train=y_train,
         x_test=None if test is None else to_float(test[0]),
-        y_test=None if test is None else test[1].astype(np.int64),
-        num_classes=10,
+        y_test=y_test,
+        num_classes=num_classes,
         kind="image",
         fixed_norm=(MNIST_MEAN, MNIST_STD),
     )
@@ -437,7 +495,7 @@ def _raw_mnist(folder: Path, label_column: str) -> _Raw:
 # ---------------------------------------------------------------------------- csv
 
 
-def _raw_csv(path: Path, label_column: str) -> _Raw:
+def _raw_csv(path: Path, label_column: str, labels: tuple[str, ...] | None = None) -> _Raw:
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rt", newline="") as f:
@@ -463,7 +521,7 @@ def _raw_csv(path: Path, label_column: str) -> _Raw:
             )
     li = header.index(label_column)
     cells = np.asarray(body, dtype=str)
-    labels = np.char.strip(cells[:, li])
+    label_text = np.char.strip(cells[:, li])
     feats_s = np.delete(cells, li, axis=1)
     feat_names = [h for j, h in enumerate(header) if j != li]
     try:
@@ -477,10 +535,12 @@ def _raw_csv(path: Path, label_column: str) -> _Raw:
             f"{path}: row {row + 1} (line {row + 2}), column {feat_names[col]!r}: "
             f"expected a finite number, got {feats_s[row, col]!r}"
         )
-    if (labels == "").any():
-        row = int(np.argmax(labels == ""))
+    if (label_text == "").any():
+        row = int(np.argmax(label_text == ""))
         raise DataError(f"{path}: row {row + 1} (line {row + 2}), column {label_column!r}: empty")
-    y, num_classes = _encode_labels(labels, where=f"{path}, column {label_column!r}")
+    y, num_classes = _encode_labels(
+        label_text, where=f"{path}, column {label_column!r}", labels=labels
+    )
     if num_classes < 2:
         raise DataError(f"{path}: column {label_column!r} has a single class; need at least 2")
     return _Raw(x.astype(np.float32), y, None, None, num_classes=num_classes, kind="tabular")
@@ -502,7 +562,7 @@ def _raise_bad_cell(path: Path, cells: np.ndarray, names: list[str]) -> None:
 # ---------------------------------------------------------------------------- hf
 
 
-def _raw_hf(name: str, label_column: str) -> _Raw:
+def _raw_hf(name: str, label_column: str, labels: tuple[str, ...] | None = None) -> _Raw:
     """Download ``name`` from the Hugging Face Hub (its ``train`` split, and ``test`` if any)."""
     import datasets as hfd
 
@@ -525,15 +585,15 @@ def _raw_hf(name: str, label_column: str) -> _Raw:
         )
         if x_test.shape[1:] != x.shape[1:]:
             raise DataError(f"{where}: test samples are {x_test.shape[1:]}, train {x.shape[1:]}")
-        if num_classes is None:  # one label mapping for both splits
+        if num_classes is None or labels is not None:  # one label mapping for both splits
             both, num_classes = _encode_labels(
-                np.concatenate([lab.astype(str), lab_test.astype(str)]), where=where
+                np.concatenate([lab.astype(str), lab_test.astype(str)]), where=where, labels=labels
             )
             lab, y_test = both[: len(lab)], both[len(lab) :]
         else:
             y_test = lab_test
-    if num_classes is None:
-        lab, num_classes = _encode_labels(lab, where=where)
+    elif num_classes is None or labels is not None:
+        lab, num_classes = _encode_labels(lab, where=where, labels=labels)
     return _Raw(x, lab.astype(np.int64), x_test, y_test, num_classes=num_classes, kind=kind)
 
 

@@ -8,6 +8,6 @@ secret), :mod:`~fedpriv.deploy.dealer` (``keys init``/``add-node``),
 :mod:`~fedpriv.deploy.server` / :mod:`~fedpriv.deploy.client` / :mod:`~fedpriv.deploy.run`
 (the three commands), :mod:`~fedpriv.deploy.apps` and :mod:`~fedpriv.deploy.relay` (the Flower
 apps a deployment runs), :mod:`~fedpriv.deploy.clientapp` and :mod:`~fedpriv.deploy.warm` (what
-executes on a device), :mod:`~fedpriv.deploy.evaluate` (key-holder evaluation). See
-docs/deployment.md.
+executes on a device). Key-holder evaluation is :func:`fedpriv.runs.evaluate_run`, shared with
+simulation. See docs/deployment.md.
 """

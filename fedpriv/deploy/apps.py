@@ -1,7 +1,8 @@
 """The Flower apps a deployment runs: thin layers over :mod:`fedpriv.apps`.
 
-* Server: one ServerApp, two tasks chosen by the run config ``fedpriv-task``: ``train`` (the
-  normal encrypted FedAvg run, :func:`fedpriv.apps.server.run_server`) and ``relay-keys``
+* Server: one ServerApp, two tasks chosen by the run config ``fedpriv-task`` (read, with every
+  other run-config key, through :class:`fedpriv.runs.flwr_config.FlowerRunConfig`): ``train``
+  (the normal encrypted FedAvg run, :func:`fedpriv.apps.server.run_server`) and ``relay-keys``
   (:func:`fedpriv.deploy.relay.serve_relay`). With ``allowed-nodes`` set (``fedpriv run`` sets
   it from the node ids ``fedpriv server start`` registered) the strategy only ever sees those
   nodes, so a node someone else registered through Flower's unauthenticated Control API is
@@ -11,9 +12,6 @@
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,17 +20,13 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 
-from fedpriv.apps.server import ServerSettings
-from fedpriv.errors import ConfigError, WireError
+from fedpriv.errors import ConfigError
+from fedpriv.runs.flwr_config import FlowerRunConfig
 
 __all__ = [
     "AllowListGrid",
-    "apply_device_limits",
-    "deploy_server_settings",
     "make_deploy_client_app",
     "make_deploy_server_app",
-    "parse_allowed_nodes",
-    "parse_node_map",
 ]
 
 
@@ -85,141 +79,40 @@ class AllowListGrid(Grid):
         return self._inner.send_and_receive(self._check(messages), timeout=timeout)
 
 
-def parse_node_map(text: str) -> dict[str, int]:
-    """Parse the ``node-map`` run config value (``client-id=node-id,...``)."""
-    out: dict[str, int] = {}
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        cid, sep, node = part.partition("=")
-        try:
-            if not sep or not cid:
-                raise ValueError
-            out[cid] = int(node)
-        except ValueError:
-            raise ConfigError(f"run config node-map: {part!r} is not client-id=node-id") from None
-    return out
-
-
-def parse_allowed_nodes(text: str) -> set[int]:
-    """Parse the ``allowed-nodes`` run config value (comma-separated node ids)."""
-    out: set[int] = set()
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        try:
-            out.add(int(part))
-        except ValueError:
-            raise ConfigError(f"run config allowed-nodes: {part!r} is not a node id") from None
-    return out
-
-
-def _run_dir(context: Context, name: str) -> Path:
-    rd = str(context.run_config.get("run-dir", "") or "")
-    if rd:
-        return Path(rd)
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
-
-
-def deploy_server_settings(context: Context) -> ServerSettings:
-    """ServerSettings for a deployed run: config file, server bundle, run dir from the run config."""
-    from fedpriv.config import load_config
-    from fedpriv.deploy.bundle import verify_bundle
-
-    rc = context.run_config
-    cfg_path = str(rc.get("fedpriv-config", "") or "")
-    cfg = load_config(cfg_path or None)
-    keys = str(rc.get("keys-dir", "") or "")
-    if not keys:
-        raise ConfigError("server: run config 'keys-dir' must name the server bundle")
-    bundle = verify_bundle(Path(keys), kind="server")
-    wait = float(rc.get("node-wait-s", 600.0) or 600.0)
-    return ServerSettings(
-        cfg, _run_dir(context, cfg.name), bundle.path("params.json"), node_wait_timeout=wait
-    )
-
-
 def make_deploy_server_app() -> ServerApp:
     """The deployment ServerApp (see the module docstring)."""
-    from fedpriv.apps.server import run_server
+    from fedpriv.runs.flwr_app import run_flwr_server
 
     app = ServerApp()
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
-        rc = context.run_config
-        allowed = parse_allowed_nodes(str(rc.get("allowed-nodes", "") or ""))
+        rc = FlowerRunConfig.from_context(context)
+        allowed = rc.allowed_node_ids()
         g: Grid = AllowListGrid(grid, allowed) if allowed else grid
-        task = str(rc.get("fedpriv-task", "train") or "train")
-        if task == "train":
-            run_server(g, deploy_server_settings(context))
-        elif task == "relay-keys":
+        if rc.task == "train":
+            run_flwr_server(g, context, deal_keys=False)
+        else:  # relay-keys (FlowerRunConfig admits no other task)
             from fedpriv.deploy.relay import serve_relay
 
-            keys = str(rc.get("keys-dir", "") or "")
-            if not keys:
+            if not rc.keys_dir:
                 raise ConfigError("relay: run config 'keys-dir' must name the server bundle")
             serve_relay(
                 g,
-                Path(keys),
-                _run_dir(context, "relay"),
-                node_wait_s=float(rc.get("node-wait-s", 600.0) or 600.0),
+                Path(rc.keys_dir),
+                rc.run_folder(context.run_id),
+                node_wait_s=rc.node_wait_s,
                 timeout_s=120.0,
-                node_map=parse_node_map(str(rc.get("node-map", "") or "")),
+                node_map=rc.node_ids(),
             )
-        else:
-            raise ConfigError(f"run config fedpriv-task={task!r}: use 'train' or 'relay-keys'")
 
     return app
 
 
-def apply_device_limits(msg: Message, context: Context) -> None:
-    """Enforce the device's own privacy limits on an incoming train instruction.
-
-    The run's config (and with it ``privacy.max_epsilon``) comes from whoever submitted the
-    run. With node config ``max-epsilon`` (``fedpriv client start --max-epsilon``) the device
-    lowers the run's budget cap to its own, refuses runs without record-level DP, and refuses a
-    ``delta`` above ``max-delta``, so no run can spend more of its budget than it agreed to
-    (the ClientApp's budget check then refuses the round, and says so).
-
-    Raises
-    ------
-    WireError
-        The run asks for weaker privacy than the device accepts.
-    """
-    nc = context.node_config
-    raw_cap = nc.get("max-epsilon", "")
-    if raw_cap in ("", None):
-        return
-    cap = float(raw_cap)
-    max_delta = float(nc.get("max-delta", 1e-5))
-    rec = msg.content.config_records.get("config")
-    if rec is None or not isinstance(rec.get("fedpriv-config"), str):
-        raise WireError("instruction: missing run config")
-    try:
-        doc = json.loads(str(rec["fedpriv-config"]))
-    except ValueError:
-        raise WireError("instruction: run config is not valid JSON") from None
-    p = doc.get("privacy") if isinstance(doc, dict) else None
-    if not isinstance(p, dict):
-        raise WireError("instruction: run config has no privacy section")
-    if p.get("mode") not in ("record", "both"):
-        raise WireError(
-            f"this device trains only with record-level DP (its budget is epsilon {cap:g}); "
-            f"the run asks for privacy.mode={p.get('mode')!r}"
-        )
-    if float(p.get("delta", 1.0)) > max_delta:
-        raise WireError(
-            f"the run's privacy.delta={p.get('delta')} is above this device's limit {max_delta:g}"
-        )
-    if float(p.get("max_epsilon", math.inf)) > cap:
-        p["max_epsilon"] = cap
-        rec["fedpriv-config"] = json.dumps(doc, sort_keys=True)
-
-
 def make_deploy_client_app() -> ClientApp:
-    """The deployment ClientApp: fedpriv's train/evaluate handlers under the device's own
-    privacy limits (:func:`apply_device_limits`), plus the sealed-key relay."""
+    """The deployment ClientApp: fedpriv's train/evaluate handlers (which review every request
+    against the device's own policy, ``policy.json`` in its state folder), the threshold-custody
+    partial decryption, plus the sealed-key relay."""
     from fedpriv.apps.client import ClientSettings, handle_evaluate, handle_train
     from fedpriv.deploy.relay import handle_relay_query
 
@@ -227,7 +120,6 @@ def make_deploy_client_app() -> ClientApp:
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
-        apply_device_limits(msg, context)
         return handle_train(msg, context, ClientSettings.from_context(context))
 
     @app.evaluate()
@@ -237,5 +129,11 @@ def make_deploy_client_app() -> ClientApp:
     @app.query()
     def _query(msg: Message, context: Context) -> Message:
         return handle_relay_query(msg, context)
+
+    @app.train("decrypt")
+    def _decrypt(msg: Message, context: Context) -> Message:
+        from fedpriv.apps.decrypt import handle_decrypt  # threshold custody
+
+        return handle_decrypt(msg, context, ClientSettings.from_context(context))
 
     return app

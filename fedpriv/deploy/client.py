@@ -7,6 +7,7 @@ The device keeps everything in one owner-only state folder::
       keys/params.json     public HE parameters (from the verified bundle)
       keys/secret.key      HE secret (from the bundle, or stored by the sealed-key relay)
       privacy_state.json   accountant history: cumulative epsilon survives restarts
+      policy.json          the owner's privacy policy: what any run may ask of this device
       node-config.toml     what the ClientApp reads (keys-dir, state-dir, data, client-id...)
       bin/flwr-clientapp   runs the installed fedpriv ClientApp, never the run's FAB code
       flwr-home/, logs/supernode.log
@@ -29,12 +30,13 @@ from pathlib import Path
 from typing import IO
 
 from fedpriv.deploy.bundle import VerifiedBundle, check_pin, verify_bundle
-from fedpriv.deploy.clientapp import install_shim
 from fedpriv.deploy.pki import load_node_private, node_key_fingerprint
 from fedpriv.deploy.processes import ManagedProcess, flower_exe, free_port, parse_address
-from fedpriv.deploy.warm import SOCKET_ENV
+from fedpriv.deploy.threshold import clear_threshold_keys, install_bundle_keys
+from fedpriv.deploy.warm import SOCKET_ENV, install_shim
 from fedpriv.errors import ConfigError, CryptoError, DataError, RunFailedError, StateError
 from fedpriv.fileio import atomic_write_text
+from fedpriv.privacy.policy import DevicePolicy
 
 __all__ = [
     "ClientStart",
@@ -53,7 +55,7 @@ CONNECTED_MARKER = re.compile(r"SuperNode ID:\s*(\d+)")
 
 def default_client_state(bundle: VerifiedBundle) -> Path:
     """``$FEDPRIV_HOME/<client-id>-<federation>``."""
-    from fedpriv.deploy.server import fedpriv_home
+    from fedpriv.fileio import fedpriv_home
 
     return fedpriv_home() / f"{bundle.meta['client_id']}-{bundle.federation[:16]}"
 
@@ -105,6 +107,10 @@ class ClientStart:
     has_secret: bool
     pin: str
 
+    @property
+    def policy(self) -> DevicePolicy:
+        return DevicePolicy.load(self.state / "policy.json")
+
 
 def prepare_client(
     bundle_dir: Path,
@@ -114,10 +120,16 @@ def prepare_client(
     partition: tuple[int, int] | None = None,
     node_key: Path | None = None,
     dealer_fingerprint: str | None = None,
-    max_epsilon: float | None = None,
-    max_delta: float = 1e-5,
+    policy: DevicePolicy | None = None,
+    insecure_test_seed: int | None = None,
+    schema: Path | None = None,
 ) -> ClientStart:
     """Verify the bundle and lay out the device's state folder (no process is started).
+
+    ``policy`` is the device owner's privacy policy (default: :class:`DevicePolicy`'s defaults);
+    it is written to ``STATE/policy.json`` and every request of every run is reviewed against it.
+    ``insecure_test_seed`` (tests only) makes the device's DP randomness reproducible: every
+    record it signs says so and its runs are marked not private.
 
     Raises
     ------
@@ -162,7 +174,9 @@ def prepare_client(
     if old_params.exists() and old_params.read_text(encoding="utf-8") != params_text:
         # Re-keyed federation: the old secret belongs to other parameters.
         (keys / "secret.key").unlink(missing_ok=True)
+        clear_threshold_keys(keys)
     atomic_write_text(old_params, params_text, mode=0o644)
+    threshold = install_bundle_keys(bundle, keys)  # threshold custody: share, mask key
     if bundle.has("secret.key"):
         data_bytes = bundle.path("secret.key").read_bytes()
         target = keys / "secret.key"
@@ -170,7 +184,11 @@ def prepare_client(
             from fedpriv.crypto import KeyHolder
 
             KeyHolder.from_bytes(data_bytes).save(target)
-    has_secret = (keys / "secret.key").exists() or bundle.meta.get("scheme") == "off"
+    has_secret = (
+        (keys / "secret.key").exists()
+        or bundle.meta.get("scheme") == "off"
+        or (threshold and (keys / "mask.key").exists())
+    )
     lines = {
         "keys-dir": str(keys),
         "state-dir": str(state),
@@ -179,6 +197,12 @@ def prepare_client(
         "node-key": str(node_key),
         "identity-key": str(node_key),  # signs every update (fedpriv.crypto.identity)
     }
+    if schema is not None:  # the device's own data schema: checked before every round
+        from fedpriv.data.schema import load_schema
+
+        schema = Path(schema).expanduser().resolve()
+        load_schema(schema)  # ConfigError now rather than a failing client later
+        lines["schema"] = str(schema)
     if data:
         lines["data"] = normalize_data_spec(data)
     elif partition is None:
@@ -186,11 +210,14 @@ def prepare_client(
             "give --data (this device's own dataset), or --partition-id/--num-partitions to "
             "train on a partition of the run's dataset (demos and tests)"
         )
+    policy_path = state / "policy.json"
+    atomic_write_text(
+        policy_path, json.dumps((policy or DevicePolicy()).to_dict(), indent=2), mode=0o600
+    )
+    lines["policy"] = str(policy_path)
     body = "\n".join(f"{k} = {_toml_str(v)}" for k, v in lines.items())
-    if max_epsilon is not None:
-        if not max_epsilon > 0 or not 0 < max_delta < 1:
-            raise ConfigError("--max-epsilon must be > 0 and --max-delta in (0, 1)")
-        body += f"\nmax-epsilon = {float(max_epsilon)!r}\nmax-delta = {float(max_delta)!r}"
+    if insecure_test_seed is not None:
+        body += f"\ninsecure-test-seed = {int(insecure_test_seed)}"
     if partition is not None:
         pid, n = partition
         if not 0 <= pid < n:

@@ -11,26 +11,23 @@ Runtime API protocol), except that it does not unpack the FAB and always execute
 :func:`fedpriv.deploy.apps.make_deploy_client_app` from the installed fedpriv package. The
 server can only send messages, which the ClientApp validates.
 
-Run as ``python -m fedpriv.deploy.clientapp`` with ``flwr-clientapp``'s arguments.
+Run as ``python -m fedpriv.deploy.clientapp`` with ``flwr-clientapp``'s arguments; the
+``flwr-clientapp`` shim that starts it (or hands the task to the warm server) is written by
+:func:`fedpriv.deploy.warm.install_shim`. Imports go one way: ``warm`` uses this module.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from fedpriv.fileio import atomic_write_text
+__all__ = ["main", "patch_flower"]
 
-__all__ = ["SHIM_NAME", "install_shim", "main"]
-
-SHIM_NAME = "flwr-clientapp"
 log = logging.getLogger("fedpriv.deploy.clientapp")
 
 
-def _patch_flower() -> None:
+def patch_flower() -> None:
     """Swap FAB installation and app loading in Flower's clientapp runner for fedpriv's app."""
     import flwr.supernode.runtime.run_clientapp as rc
 
@@ -64,29 +61,10 @@ def _patch_flower() -> None:
 
 def main() -> None:
     """Entry point (``flwr-clientapp`` replacement)."""
-    _patch_flower()
+    patch_flower()
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
     flwr_clientapp()
-
-
-def install_shim(bin_dir: Path) -> Path:
-    """Write the ``flwr-clientapp`` shim into ``bin_dir`` (put it first on the SuperNode's PATH).
-
-    The shim hands each task to the warm server (:mod:`fedpriv.deploy.warm`) when
-    ``FEDPRIV_WARM_SOCKET`` names a running one, else runs :func:`main` in a new process.
-
-    Returns
-    -------
-    Path
-        The script.
-    """
-    from fedpriv.deploy.warm import shim_source
-
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    script = bin_dir / SHIM_NAME
-    atomic_write_text(script, shim_source(sys.executable), mode=0o755)
-    return script
 
 
 if __name__ == "__main__":

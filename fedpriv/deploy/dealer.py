@@ -11,6 +11,14 @@
 
 Every bundle carries a manifest signed by the dealer (see :mod:`fedpriv.deploy.bundle`).
 
+Threshold custody (``--threshold T``, :mod:`fedpriv.crypto.tcustody`): the dealer deals one
+Shamir share per node and erases the secret; ``dealer/`` keeps the public key, the share index
+map and the federation mask key, never a share. Each node's share and the mask key go into its
+bundle, or are sealed to its node key (``dealer/sealed/<id>.sealed``, relayed by the server as
+above). The server bundle holds no share and no mask key. ``keys add-node`` adds a node without
+a share (it trains, encrypts and reads the global model; it is never asked to decrypt): the
+dealer has no share to give, and re-sharing needs T online holders, which is not implemented.
+
 Two ways for the HE secret to reach a node:
 
 * ``bundle`` (default): inside the client bundle, which the data owner carries to the device
@@ -26,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import tempfile
 import time
 import uuid
@@ -35,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpriv.config import RunConfig, config_to_dict
+from fedpriv.crypto.codec import PublicParams
 from fedpriv.deploy.bundle import BundleFile, write_bundle
 from fedpriv.deploy.pki import (
     DealerKey,
@@ -78,6 +88,8 @@ class DealResult:
     max_weight: int
     sealed: list[str]
     num_nodes: int = 0
+    threshold: int = 0
+    """Threshold custody: T (0 under shared custody)."""
 
     @property
     def over_capacity(self) -> bool:
@@ -90,22 +102,12 @@ def model_sizing(cfg: RunConfig) -> tuple[int, int]:
 
     The weight bound is ``encryption.max_examples_per_client`` when set, else the largest
     partition of the config's dataset over ``federation.num_clients`` (what simulation uses).
+    Runs every check a simulation runs first (:func:`fedpriv.runs.prepare.prepare_run`).
     """
-    from fedpriv.data import load_dataset
-    from fedpriv.models import build_model, num_params
-    from fedpriv.simulation import partition_sizes
+    from fedpriv.runs.prepare import prepare_run
 
-    d = cfg.data
-    train, _ = load_dataset(
-        d.dataset,
-        label_column=d.label_column,
-        holdout_fraction=d.holdout_fraction,
-        seed=cfg.seed,
-        max_samples=d.max_samples,
-    )
-    model = build_model(cfg.train.model, train.input_shape, train.num_classes, seed=cfg.seed)
-    weight = cfg.encryption.max_examples_per_client or max(partition_sizes(cfg, train))
-    return num_params(model), int(weight)
+    prep = prepare_run(cfg)
+    return prep.num_values, prep.max_weight
 
 
 def _owner_dir(p: Path) -> Path:
@@ -177,6 +179,23 @@ class _Dealer:
 
         return KeyHolder.load(p).to_bytes()
 
+    def threshold(self, doc: dict[str, Any]) -> bool:
+        return doc.get("key_custody") == "threshold"
+
+    def threshold_public_files(self) -> dict[str, BundleFile]:
+        """Public threshold material every bundle carries (never a share or the mask key)."""
+        from fedpriv.crypto.tcustody import PARTIES_FILE, PUBLIC_KEY_FILE
+
+        return {
+            name: BundleFile(self.dir.joinpath(name).read_bytes())
+            for name in (PUBLIC_KEY_FILE, PARTIES_FILE)
+        }
+
+    def mask_key(self) -> bytes:
+        from fedpriv.crypto.tcustody import MASK_KEY_FILE, load_mask_key
+
+        return load_mask_key(self.dir / MASK_KEY_FILE)
+
     # -- bundles --------------------------------------------------------------------------
     def write_server_bundle(self, doc: dict[str, Any]) -> Path:
         dealer = self.signing_key()
@@ -193,9 +212,16 @@ class _Dealer:
             (json.dumps(registry, indent=2, sort_keys=True) + "\n").encode()
         )
         secret = None
+        if self.threshold(doc):
+            files.update(self.threshold_public_files())
         for cid, node in sorted(doc["nodes"].items()):
             files[f"nodes/{cid}.pub"] = BundleFile(node["public_key"].encode())
-            if node["delivery"] == "sealed":
+            if node["delivery"] == "sealed" and self.threshold(doc):
+                # Sealed once, when the share was dealt; the dealer cannot seal it again.
+                sealed = self.dir / "sealed" / f"{cid}.sealed"
+                if sealed.exists():
+                    files[f"relay/{cid}.sealed"] = BundleFile(sealed.read_bytes())
+            elif node["delivery"] == "sealed":
                 secret = secret if secret is not None else self.secret()
                 if secret is None:
                     continue
@@ -213,12 +239,20 @@ class _Dealer:
             "scheme": doc["scheme"],
             "hosts": doc["hosts"],
             "clients": sorted(doc["nodes"]),
+            **({"key_custody": "threshold"} if self.threshold(doc) else {}),
         }
         return write_bundle(
             self.out / "server", kind="server", meta=meta, files=files, dealer=dealer
         )
 
-    def write_client_bundle(self, doc: dict[str, Any], cid: str, private_key: bytes | None) -> Path:
+    def write_client_bundle(
+        self,
+        doc: dict[str, Any],
+        cid: str,
+        private_key: bytes | None,
+        share: bytes | None = None,
+    ) -> Path:
+        """``share``: threshold custody, this node's share file (bundle delivery only)."""
         node = doc["nodes"][cid]
         files: dict[str, BundleFile] = {
             "params.json": BundleFile(self.params_text().encode()),
@@ -227,7 +261,22 @@ class _Dealer:
         }
         if private_key is not None:
             files["node.key"] = BundleFile(private_key, 0o600)
-        if node["delivery"] == "bundle":
+        if self.threshold(doc):
+            from fedpriv.crypto.tcustody import MASK_KEY_FILE
+
+            files.update(self.threshold_public_files())
+            # Threshold clients check the signed update records of decryption requests.
+            registry = {c: n["public_key"].strip() for c, n in doc["nodes"].items()}
+            files["identities.json"] = BundleFile(
+                (json.dumps(registry, indent=2, sort_keys=True) + "\n").encode()
+            )
+            if node["delivery"] == "bundle":
+                files[MASK_KEY_FILE] = BundleFile(self.mask_key(), 0o600)
+                if share is not None:
+                    from fedpriv.crypto.threshold import SHARE_FILE_NAME
+
+                    files[SHARE_FILE_NAME] = BundleFile(share, 0o600)
+        elif node["delivery"] == "bundle":
             secret = self.secret()
             if secret is not None:
                 files["secret.key"] = BundleFile(secret, 0o600)
@@ -239,12 +288,107 @@ class _Dealer:
             "params_fingerprint": doc["params_fingerprint"],
             "scheme": doc["scheme"],
             "hosts": doc["hosts"],
+            **(
+                {"key_custody": "threshold", "share": share is not None or _sealed_share(self, cid)}
+                if self.threshold(doc)
+                else {}
+            ),
         }
         target = self.out / "clients" / cid
         _owner_dir(target.parent)
         return write_bundle(
             target, kind="client", meta=meta, files=files, dealer=self.signing_key()
         )
+
+
+def _deal_shared(
+    dealer: _Dealer, sized: RunConfig, *, num_values: int, max_examples: int
+) -> PublicParams:
+    """Shared custody: one HE secret, kept in ``dealer/`` (to seal for nodes added later)."""
+    from fedpriv.keys import deal_keys
+
+    with tempfile.TemporaryDirectory(dir=dealer.dir) as tmp:
+        params = deal_keys(sized, num_values=num_values, max_weight=max_examples, out=Path(tmp))
+        params_text = (Path(tmp) / "server" / "params.json").read_text(encoding="utf-8")
+        atomic_write_text(dealer.dir / "params.json", params_text, mode=0o644)
+        secret_file = Path(tmp) / "client" / "secret.key"
+        if secret_file.exists():
+            _write_secret(dealer.dir / "he_secret.key", secret_file.read_bytes())
+    return params
+
+
+def _sealed_share(dealer: _Dealer, cid: str) -> bool:
+    return (dealer.dir / "sealed" / f"{cid}.sealed").exists()
+
+
+def _deal_threshold(
+    dealer: _Dealer,
+    sized: RunConfig,
+    cfg: RunConfig,
+    *,
+    nodes: int,
+    num_values: int,
+    max_examples: int,
+) -> tuple[Any, dict[str, bytes]]:
+    """Deal a threshold key for ``client-0..nodes-1``; returns (params, share file per node).
+
+    The dealer folder keeps only public material and the mask key; the shares are returned
+    (to go into bundles or be sealed) and never written under ``dealer/``.
+    """
+    from fedpriv.crypto.tcustody import MASK_KEY_FILE, PARTIES_FILE, PUBLIC_KEY_FILE
+
+    t = cfg.encryption.threshold or nodes // 2 + 1
+    if nodes < 2 or not 2 <= t <= nodes:
+        raise ConfigError(
+            f"threshold custody: the threshold must be in 2..{nodes} (the number of nodes, each "
+            f"holding one share), got {t}"
+        )
+    from fedpriv.crypto.tcustody import deal_threshold_keys
+
+    value_range = sized.encryption.value_range
+    weight = max_examples
+    if sized.client_dp:
+        from fedpriv.privacy.client_level import client_level_plan
+
+        weight = 1
+        value_range += client_level_plan(sized, sized.privacy.client_clip_norm).headroom
+    sized = dataclasses.replace(
+        sized, encryption=dataclasses.replace(sized.encryption, threshold=t)
+    )
+    cids = [f"client-{i}" for i in range(nodes)]
+    shares: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(dir=dealer.dir) as tmp:
+        out = Path(tmp)
+        params = deal_threshold_keys(
+            sized,
+            num_values=num_values,
+            max_weight=weight,
+            value_range=value_range,
+            out=out,
+            client_ids=cids,
+        )
+        for name in ("params.json", PUBLIC_KEY_FILE, PARTIES_FILE):
+            atomic_write_bytes(dealer.dir / name, (out / "server" / name).read_bytes(), mode=0o644)
+        _write_secret(dealer.dir / MASK_KEY_FILE, (out / "client" / MASK_KEY_FILE).read_bytes())
+        for cid in cids:
+            path = out / "client" / "shares" / f"{cid}.fpkey"
+            shares[cid] = path.read_bytes()
+            path.write_bytes(bytes(len(shares[cid])))  # overwrite before the folder goes
+    return params, shares
+
+
+def _seal_threshold(dealer: _Dealer, doc: dict[str, Any], cid: str, share: bytes | None) -> None:
+    """Seal ``cid``'s share (or none) and the mask key to its node key, once."""
+    from fedpriv.crypto.tcustody import pack_node_keys
+
+    blob = seal_secret(
+        pack_node_keys(share or b"", dealer.mask_key()),
+        load_node_public(doc["nodes"][cid]["public_key"].encode()),
+        SealContext(doc["federation"], cid, doc["params_fingerprint"]),
+        dealer.signing_key(),
+    )
+    target = _owner_dir(dealer.dir / "sealed") / f"{cid}.sealed"
+    atomic_write_bytes(target, blob, mode=0o600)
 
 
 def _check_cid(cid: str) -> str:
@@ -269,6 +413,7 @@ def _result(dealer: _Dealer, doc: dict[str, Any], written: dict[str, Path]) -> D
         max_weight=int(doc["max_weight"]),
         sealed=sorted(c for c, n in doc["nodes"].items() if n["delivery"] == "sealed"),
         num_nodes=len(doc["nodes"]),
+        threshold=int(doc.get("threshold", 0)),
     )
 
 
@@ -333,7 +478,7 @@ def init_federation(
     -------
     DealResult
     """
-    from fedpriv.keys import deal_keys, max_clients_per_round
+    from fedpriv.keys import max_clients_per_round
 
     if nodes < 1:
         raise ConfigError("--nodes must be at least 1")
@@ -358,15 +503,18 @@ def init_federation(
         )
     dealer = _Dealer(out)
     _owner_dir(dealer.dir)
-    with tempfile.TemporaryDirectory(dir=dealer.dir) as tmp:
-        params = deal_keys(sized, num_values=num_values, max_weight=max_examples, out=Path(tmp))
-        params_text = (Path(tmp) / "server" / "params.json").read_text(encoding="utf-8")
-        atomic_write_text(dealer.dir / "params.json", params_text, mode=0o644)
-        secret_file = Path(tmp) / "client" / "secret.key"
-        if secret_file.exists():
-            _write_secret(dealer.dir / "he_secret.key", secret_file.read_bytes())
-        else:
-            dealer.dir.joinpath("he_secret.key").unlink(missing_ok=True)
+    threshold = cfg.he_on and cfg.encryption.key_custody == "threshold"
+    shares: dict[str, bytes] = {}
+    for stale in ("he_secret.key", "mask.key", "public_key.bin", "parties.json"):
+        dealer.dir.joinpath(stale).unlink(missing_ok=True)
+    if (dealer.dir / "sealed").exists():
+        shutil.rmtree(dealer.dir / "sealed")
+    if threshold:
+        params, shares = _deal_threshold(
+            dealer, sized, cfg, nodes=nodes, num_values=num_values, max_examples=max_examples
+        )
+    else:
+        params = _deal_shared(dealer, sized, num_values=num_values, max_examples=max_examples)
     signing = DealerKey.generate()
     _write_secret(dealer.dir / "signing.key", signing.to_pem())
     ca = TlsCa.generate()
@@ -388,13 +536,23 @@ def init_federation(
         "next_index": nodes,
         "nodes": {},
     }
+    if threshold:
+        doc["key_custody"] = "threshold"
+        doc["threshold"] = int(getattr(params, "threshold", 0))
     privs: dict[str, bytes | None] = {}
     for i in range(nodes):
         cid = f"client-{i}"
         privs[cid] = _new_node(doc, cid, "sealed" if sealed else "bundle", None)
+    if threshold and sealed:
+        for cid in privs:
+            _seal_threshold(dealer, doc, cid, shares[cid])
     dealer.save_state(doc)
     dealer.write_server_bundle(doc)
-    written = {cid: dealer.write_client_bundle(doc, cid, priv) for cid, priv in privs.items()}
+    written = {
+        cid: dealer.write_client_bundle(doc, cid, priv, None if sealed else shares.get(cid))
+        for cid, priv in privs.items()
+    }
+    shares.clear()  # the only copies now are in the bundles or sealed to the nodes
     return _result(dealer, doc, written)
 
 
@@ -434,6 +592,8 @@ def add_node(
         doc["next_index"] = int(doc["next_index"]) + 1
     _check_cid(client_id)
     priv = _new_node(doc, client_id, "sealed" if sealed else "bundle", public_key)
+    if dealer.threshold(doc) and sealed:
+        _seal_threshold(dealer, doc, client_id, None)  # the mask key only: no share to give
     dealer.save_state(doc)
     dealer.write_server_bundle(doc)
     path = dealer.write_client_bundle(doc, client_id, priv)

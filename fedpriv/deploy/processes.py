@@ -1,4 +1,4 @@
-"""Starting, watching and stopping Flower's own processes, and driving the ``flwr`` CLI.
+"""Starting, watching and stopping Flower's own processes.
 
 Every long-running child (``flower-superlink``, ``flower-supernode``) is started so that it
 cannot outlive the fedpriv command that started it: it stays in the caller's process group
@@ -7,39 +7,38 @@ SIGTERM if fedpriv dies, even by SIGKILL), and :meth:`ManagedProcess.stop` ends 
 every process left in the same session that descends from it (Flower's ``flower-superexec``,
 ``flwr-serverapp`` and ``flwr-clientapp`` children).
 
-The ``flwr`` CLI keeps its connections in ``$FLWR_HOME/config.toml``; :class:`FlwrCli` writes a
-private ``FLWR_HOME`` with one TLS connection, so fedpriv never touches the user's own
-``~/.flwr`` and never uses the ``:local:`` connection (which starts a detached SuperLink).
+The ``flwr`` CLI itself is driven through :class:`fedpriv.runs.flwr_cli.FlwrCli`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from fedpriv.errors import ConfigError, FedprivError, RunFailedError
+from fedpriv.errors import ConfigError, FedprivError
 
 __all__ = [
-    "FlwrCli",
     "ManagedProcess",
     "descendants",
     "flower_exe",
     "free_port",
     "parse_address",
     "serve",
+    "supervise",
     "wait_for_port",
+    "wait_for_unix_socket",
 ]
 
 _PR_SET_PDEATHSIG = 1
@@ -96,6 +95,26 @@ def wait_for_port(
                 return True
         except OSError:
             time.sleep(0.2)
+    return False
+
+
+def wait_for_unix_socket(
+    path: Path, timeout: float, alive: Callable[[], bool] | None = None
+) -> bool:
+    """Poll until a connection to the unix socket ``path`` succeeds; False on timeout or if not
+    ``alive``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.settimeout(1.0)
+                s.connect(str(path))
+                return True
+            except OSError:
+                pass
+        time.sleep(0.2)
     return False
 
 
@@ -274,137 +293,6 @@ def _exists(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-class FlwrCli:
-    """The ``flwr`` CLI against one SuperLink, with a private ``FLWR_HOME``.
-
-    Parameters
-    ----------
-    home : Path
-        Private ``FLWR_HOME`` (created owner-only).
-    address : str
-        ``HOST:PORT`` of the SuperLink (Control API; Flower 1.42 serves it on the Fleet port).
-    root_certificates : Path
-        The federation CA certificate (TLS is always on).
-    """
-
-    CONNECTION = "fedpriv"
-
-    def __init__(self, home: Path, address: str, root_certificates: Path) -> None:
-        self.home = home
-        self.address = address
-        home.mkdir(parents=True, exist_ok=True)
-        home.chmod(0o700)
-        ca = str(Path(root_certificates).resolve())
-        toml = (
-            "# written by fedpriv: one TLS connection to the federation's SuperLink\n"
-            "[superlink]\n"
-            f'default = "{self.CONNECTION}"\n\n'
-            f"[superlink.{self.CONNECTION}]\n"
-            f"address = {json.dumps(address)}\n"
-            f"root-certificates = {json.dumps(ca)}\n"
-        )
-        (home / "config.toml").write_text(toml, encoding="utf-8")
-
-    def env(self) -> dict[str, str]:
-        """Environment for Flower commands."""
-        return {
-            **os.environ,
-            "FLWR_HOME": str(self.home),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "COLUMNS": "200",
-            "NO_COLOR": "1",
-        }
-
-    def call(
-        self, args: Sequence[str], *, timeout: float = 60.0
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``flwr ARGS`` and return the completed process (never raises on exit status)."""
-        try:
-            return subprocess.run(
-                [flower_exe("flwr"), *args],
-                capture_output=True,
-                text=True,
-                env=self.env(),
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired:
-            raise RunFailedError(
-                f"`flwr {' '.join(args[:2])}` did not answer within {timeout:.0f}s; is the "
-                f"SuperLink at {self.address} running?"
-            ) from None
-
-    def json_call(self, args: Sequence[str], *, timeout: float = 60.0) -> dict[str, Any]:
-        """Run a ``flwr ... --format json`` command and parse its output."""
-        res = self.call([*args, "--format", "json"], timeout=timeout)
-        doc = _last_json(res.stdout)
-        if doc is None:
-            raise RunFailedError(
-                f"`flwr {' '.join(args[:2])}` failed (exit {res.returncode}): "
-                + (res.stderr.strip() or res.stdout.strip())[-1500:]
-            )
-        return doc
-
-    def register(self, public_key: Path) -> int:
-        """``flwr supernode register``: return the node id the SuperLink assigned."""
-        doc = self.json_call(["supernode", "register", str(public_key), self.CONNECTION])
-        if not doc.get("success"):
-            raise RunFailedError(
-                f"registering {public_key.name} failed: {doc.get('error-message', doc)}"
-            )
-        return int(doc["node-id"])
-
-    def nodes(self) -> list[dict[str, Any]]:
-        """``flwr supernode list``."""
-        doc = self.json_call(["supernode", "list", self.CONNECTION])
-        if not doc.get("success"):
-            raise RunFailedError(f"listing nodes failed: {doc.get('error-message', doc)}")
-        return list(doc.get("nodes", []))
-
-    def submit(self, project: Path, run_config: Path) -> int:
-        """``flwr run PROJECT`` with a run-config TOML file; return the run id."""
-        doc = self.json_call(
-            ["run", str(project), self.CONNECTION, "--run-config", str(run_config)], timeout=120.0
-        )
-        if not doc.get("success") or "run-id" not in doc:
-            raise RunFailedError(f"`flwr run` was refused: {doc.get('error-message', doc)}")
-        return int(doc["run-id"])
-
-    def run_status(self, run_id: int) -> dict[str, Any]:
-        """``flwr list --run-id``: the run's entry (``status`` like ``finished:completed``)."""
-        doc = self.json_call(["list", self.CONNECTION, "--run-id", str(run_id)])
-        runs = doc.get("runs") or []
-        if not doc.get("success") or not runs:
-            raise RunFailedError(f"run {run_id} not found: {doc.get('error-message', doc)}")
-        return dict(runs[0])
-
-    def stop_run(self, run_id: int) -> None:
-        """``flwr stop`` (best effort)."""
-        with contextlib.suppress(FedprivError):
-            self.call(["stop", str(run_id), self.CONNECTION], timeout=30.0)
-
-    def logs(self, run_id: int) -> str:
-        """``flwr log --show`` output (best effort)."""
-        try:
-            res = self.call(["log", str(run_id), self.CONNECTION, "--show"], timeout=30.0)
-        except FedprivError as exc:
-            return str(exc)
-        return res.stdout + res.stderr
-
-
-def _last_json(text: str) -> dict[str, Any] | None:
-    """The JSON object printed last (Flower may print banners before it)."""
-    start = text.find("{")
-    while start != -1:
-        try:
-            doc = json.loads(text[start:])
-        except ValueError:
-            start = text.find("{", start + 1)
-            continue
-        return doc if isinstance(doc, dict) else None
-    return None
-
-
 def serve(
     proc: ManagedProcess,
     *,
@@ -448,3 +336,62 @@ def serve(
             c.stop(grace=2.0)
         if on_exit is not None:
             on_exit()
+
+
+def supervise(
+    procs: Sequence[ManagedProcess],
+    *,
+    stop_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
+) -> tuple[int, ManagedProcess | None]:
+    """Block until one of ``procs`` exits or this process is told to stop; then stop them all.
+
+    For processes that only work together (the SuperLink and its proxy): when one dies, the
+    others are stopped too. All are stopped at once (each with its descendants), so a stop
+    takes as long as the slowest process, not their sum.
+
+    Returns
+    -------
+    (int, ManagedProcess or None)
+        ``(0, None)`` after a requested stop (Ctrl-C, SIGTERM, SIGHUP); otherwise the exit
+        status of the process that exited first (1 if it exited with 0 or unknown) and that
+        process.
+    """
+    stop_requested: dict[str, Any] = {"sig": None}
+
+    def _handler(signum: int, _frame: FrameType | None) -> None:
+        stop_requested["sig"] = signum
+        raise KeyboardInterrupt
+
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, but the children (nginx,
+    # uvicorn) still stop on it, which must read as a requested stop, not as a crash.
+    old = {s: signal.signal(s, _handler) for s in stop_signals}
+    dead: ManagedProcess | None = None
+    try:
+        while dead is None:
+            for p in procs:
+                if not p.alive():
+                    dead = p
+                    break
+                p.remember_descendants()
+            else:
+                time.sleep(0.5)
+        # A group signal may have stopped the child a moment before its handler ran here.
+        time.sleep(0.3)
+        rc = dead.returncode()
+        return (rc or 1), dead
+    except KeyboardInterrupt:
+        return 0, None
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        # A Ctrl-C reaches the whole foreground process group: let the children exit cleanly
+        # before signalling them again. A SIGTERM may have been sent to this process only.
+        sig = stop_requested["sig"]
+        grace = 0.0 if dead is not None else 5.0 if sig in (None, signal.SIGINT) else 1.0
+        stoppers = [
+            threading.Thread(target=p.stop, kwargs={"grace": grace}, daemon=True) for p in procs
+        ]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()

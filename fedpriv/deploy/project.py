@@ -11,18 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedpriv import __version__ as _fedpriv_version
+from fedpriv.runs.flwr_config import FlowerRunConfig
 
-__all__ = ["APP_CONFIG_KEYS", "write_project"]
-
-APP_CONFIG_KEYS = {
-    "fedpriv-config": "",
-    "keys-dir": "",
-    "run-dir": "",
-    "fedpriv-task": "train",
-    "allowed-nodes": "",
-    "node-map": "",
-    "node-wait-s": 600.0,
-}
+__all__ = ["write_project"]
 
 _PYPROJECT = """\
 [build-system]
@@ -65,16 +56,10 @@ app = make_deploy_client_app()
 '''
 
 
-def _toml_value(v: object) -> str:
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(v)
-
-
 def write_project(root: Path) -> Path:
     """Write the app project into ``root`` and return it."""
     root.mkdir(parents=True, exist_ok=True)
-    cfg = "\n".join(f"{k} = {_toml_value(v)}" for k, v in APP_CONFIG_KEYS.items())
+    cfg = FlowerRunConfig().to_toml()  # every key, at its default
     (root / "pyproject.toml").write_text(
         _PYPROJECT.format(version=_fedpriv_version, config=cfg), encoding="utf-8"
     )

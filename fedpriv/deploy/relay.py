@@ -194,7 +194,7 @@ def handle_relay_query(msg: Message, context: Context) -> Message:
             {
                 "client-id": cid,
                 "node-key": node_key_fingerprint(node_key.public_key()),
-                "has-secret": secret.exists(),
+                "has-secret": secret.exists() or (key_dir / "mask.key").exists(),
             }
         )
     elif step == "deliver":
@@ -208,6 +208,13 @@ def handle_relay_query(msg: Message, context: Context) -> Message:
             load_dealer_public(bundle.path("dealer.pub").read_bytes()),
             SealContext(bundle.federation, cid, params.fingerprint()),
         )
+        if bundle.meta.get("key_custody") == "threshold":
+            from fedpriv.deploy.threshold import store_sealed_keys
+
+            status = store_sealed_keys(plain, key_dir, cid)  # share (if any) and mask key
+            log.info("client %s: sealed threshold keys %s", cid, status)
+            reply = ConfigRecord({"status": status, "params-fingerprint": params.fingerprint()})
+            return Message(RecordDict({RELAY_KEY: reply}), reply_to=msg)
         holder = KeyHolder.from_bytes(plain)
         if holder.params.fingerprint() != params.fingerprint():
             raise CryptoError("relay: the sealed key belongs to other HE parameters")

@@ -14,6 +14,7 @@ there, with ``--remote-bundle``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import tempfile
@@ -23,18 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedpriv.config import RunConfig, config_to_dict
+from fedpriv.config import RunConfig
 from fedpriv.crypto.codec import load_params_file
 from fedpriv.deploy.bundle import check_pin, verify_bundle
-from fedpriv.deploy.processes import FlwrCli, parse_address
+from fedpriv.deploy.processes import parse_address
 from fedpriv.deploy.project import write_project
-from fedpriv.deploy.server import ServerState, default_server_state
+from fedpriv.deploy.server import ServerState, control_connection, default_server_state
 from fedpriv.errors import ConfigError, RunFailedError
+from fedpriv.runs.flwr_cli import COMPLETED, FlwrCli, run_failure, wait_for_run
+from fedpriv.runs.flwr_config import FlowerRunConfig
+from fedpriv.runs.folder import check_run_dir, default_run_dir, write_config
 
 __all__ = ["RunOutcome", "submit_run"]
 
 log = logging.getLogger("fedpriv.deploy.run")
-COMPLETED = "finished:completed"
 
 
 @dataclass
@@ -54,31 +57,6 @@ class RunOutcome:
         return self.status == COMPLETED
 
 
-def _toml_value(v: object) -> str:
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return repr(v)
-
-
-def _write_run_config(path: Path, values: dict[str, object]) -> Path:
-    path.write_text(
-        "\n".join(f"{k} = {_toml_value(v)}" for k, v in values.items()) + "\n", encoding="utf-8"
-    )
-    return path
-
-
-def _write_config(cfg: RunConfig, run_dir: Path) -> Path:
-    import tomli_w
-
-    d = config_to_dict(cfg)
-    (run_dir / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True), encoding="utf-8")
-    path = run_dir / "config.toml"
-    path.write_text(tomli_w.dumps(d), encoding="utf-8")
-    return path
-
-
 def check_config_fits(cfg: RunConfig, params_path: Path, registered: int | None) -> None:
     """Refuse a config the bundle's keys or the registered nodes cannot serve (before submitting)."""
     params = load_params_file(params_path)
@@ -87,6 +65,12 @@ def check_config_fits(cfg: RunConfig, params_path: Path, registered: int | None)
         errors.append(
             f"encryption.scheme={cfg.encryption.scheme!r} but the bundle's keys are for "
             f"{params.scheme!r}"
+        )
+    custody = str(getattr(params, "custody", "shared"))
+    if cfg.he_on and custody != cfg.encryption.key_custody:
+        errors.append(
+            f"encryption.key_custody={cfg.encryption.key_custody!r} but the bundle's keys are "
+            f"for {custody!r} custody (set --set encryption.key_custody={custody})"
         )
     per_round = cfg.clients_per_round
     if per_round > params.max_clients:
@@ -103,50 +87,16 @@ def check_config_fits(cfg: RunConfig, params_path: Path, registered: int | None)
         raise ConfigError(errors)
 
 
-def _wait(
-    cli: FlwrCli,
-    run_id: int,
-    *,
-    timeout: float,
-    poll: float,
-    on_poll: Callable[[], None] | None = None,
-) -> str:
-    deadline = time.monotonic() + timeout
-    status = ""
-    while True:
-        try:
-            status = str(cli.run_status(run_id).get("status", ""))
-        except RunFailedError as exc:  # transient: the SuperLink is busy starting the app
-            log.debug("status poll failed: %s", exc)
-        if on_poll is not None:
-            on_poll()
-        if status.startswith("finished"):
-            return status
-        if time.monotonic() > deadline:
-            cli.stop_run(run_id)
-            raise RunFailedError(
-                f"run {run_id} did not finish within {timeout:.0f}s (last status {status or '?'}); "
-                "stopped it"
-            )
-        time.sleep(poll)
-
-
-def _fail(cli: FlwrCli, run_id: int, status: str, what: str, run_dir: Path) -> RunFailedError:
-    tail = "\n".join(cli.logs(run_id).strip().splitlines()[-25:])
-    reason = ""
+def _stop_reason(run_dir: Path) -> str:
     metrics = run_dir / "metrics.json"
     if metrics.exists():
-        with contextlib.suppress(ValueError):
-            reason = str(json.loads(metrics.read_text(encoding="utf-8")).get("stop_reason", ""))
-    return RunFailedError(
-        f"{what} run {run_id} ended {status}"
-        + (f": {reason}" if reason else "")
-        + (f"\n--- ServerApp log (flwr log {run_id}) ---\n{tail}" if tail else "")
-    )
+        with contextlib.suppress(ValueError, OSError):
+            return str(json.loads(metrics.read_text(encoding="utf-8")).get("stop_reason", ""))
+    return ""
 
 
 def submit_run(
-    superlink: str,
+    superlink: str | None,
     bundle_dir: Path,
     cfg: RunConfig,
     *,
@@ -160,13 +110,15 @@ def submit_run(
     poll_s: float = 3.0,
     progress: Callable[[dict[str, Any]], None] | None = None,
     on_submitted: Callable[[str, int], None] | None = None,
+    resume: bool = False,
 ) -> RunOutcome:
     """Submit ``cfg`` as a run (after the key relay, when needed) and wait for its final status.
 
     Parameters
     ----------
-    superlink : str
-        ``HOST:PORT`` of the SuperLink.
+    superlink : str or None
+        ``HOST:PORT`` of the SuperLink's Control API (None: the one ``fedpriv server start``
+        recorded in its state folder; its public address means the same).
     bundle_dir : Path
         The server bundle (verified here; its CA authenticates the SuperLink).
     cfg : RunConfig
@@ -183,6 +135,9 @@ def submit_run(
         Called with each new round's metrics entry (when the run folder is local).
     on_submitted : callable, optional
         Called with (task, run id) right after each submission.
+    resume : bool
+        Continue the interrupted run in ``run_dir`` from its last checkpoint (``cfg`` must be
+        the run's own ``config.toml``).
 
     Returns
     -------
@@ -208,51 +163,39 @@ def submit_run(
             state.root,
         )
     check_config_fits(cfg, bundle.path("params.json"), len(nodes) if nodes else None)
+    superlink, token = control_connection(state, superlink)
     parse_address(superlink)
-    root = (
-        Path(run_dir) if run_dir else Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
-    ).resolve()
-    if root.exists() and any(root.iterdir()):
-        raise ConfigError(f"{root}: run folder exists and is not empty; choose another --out")
+    if resume and run_dir is None:
+        raise ConfigError("resume needs the run folder (--out) of the run to continue")
+    root = check_run_dir(Path(run_dir or default_run_dir(cfg.name)), resume=resume).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    cfg_path = _write_config(cfg, root)
-    keys_dir = remote_bundle or str(bundle.root)
-    allowed = ",".join(str(n) for n in sorted(nodes.values()))
+    cfg_path = root / "config.toml" if resume else write_config(cfg, root)
+    common = FlowerRunConfig(
+        keys_dir=remote_bundle or str(bundle.root),
+        run_dir=str(root),
+        allowed_nodes=",".join(str(n) for n in sorted(nodes.values())),
+        node_map=",".join(f"{c}={n}" for c, n in sorted(nodes.items())),
+        node_wait_s=float(node_wait_s),
+    )
     relay_status: dict[str, Any] | None = None
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedpriv-run-") as tmp:
         tmpd = Path(tmp)
         project = write_project(tmpd / "app")
-        cli = FlwrCli(tmpd / "flwr-home", superlink, bundle.path("ca.crt"))
-        common: dict[str, object] = {
-            "keys-dir": keys_dir,
-            "run-dir": str(root),
-            "allowed-nodes": allowed,
-            "node-map": ",".join(f"{c}={n}" for c, n in sorted(nodes.items())),
-            "node-wait-s": float(node_wait_s),
-        }
+        cli = FlwrCli(tmpd / "flwr-home", superlink, bundle.path("ca.crt"), token=token)
         if relay and any(r.startswith("relay/") for r in bundle.meta["files"]):
-            rc_path = _write_run_config(
-                tmpd / "relay.toml", {**common, "fedpriv-task": "relay-keys"}
-            )
-            rid = cli.submit(project, rc_path)
+            rc = dataclasses.replace(common, task="relay-keys")
+            rid = cli.submit(project, rc.write(tmpd / "relay.toml"))
             if on_submitted:
                 on_submitted("relay-keys", rid)
-            try:
-                status = _wait(cli, rid, timeout=timeout_s, poll=poll_s)
-            except KeyboardInterrupt:
-                cli.stop_run(rid)
-                raise
+            status = wait_for_run(cli, rid, timeout=timeout_s, poll=poll_s)
             if status != COMPLETED:
-                raise _fail(cli, rid, status, "key relay", root)
+                raise run_failure(cli, rid, status, "key relay", _stop_reason(root))
             from fedpriv.deploy.relay import relay_summary
 
             relay_status = {e["client_id"]: e["status"] for e in relay_summary(root)}
-        rc_path = _write_run_config(
-            tmpd / "train.toml",
-            {**common, "fedpriv-task": "train", "fedpriv-config": str(cfg_path)},
-        )
-        run_id = cli.submit(project, rc_path)
+        rc = dataclasses.replace(common, fedpriv_config=str(cfg_path), resume=resume)
+        run_id = cli.submit(project, rc.write(tmpd / "train.toml"))
         if on_submitted:
             on_submitted("train", run_id)
         seen = {"rounds": 0}
@@ -269,14 +212,10 @@ def submit_run(
                 progress(r)
             seen["rounds"] = len(rounds)
 
-        try:
-            status = _wait(cli, run_id, timeout=timeout_s, poll=poll_s, on_poll=_poll)
-        except KeyboardInterrupt:
-            cli.stop_run(run_id)
-            raise
+        status = wait_for_run(cli, run_id, timeout=timeout_s, poll=poll_s, on_poll=_poll)
         _poll()
         if status != COMPLETED:
-            raise _fail(cli, run_id, status, "training", root)
+            raise run_failure(cli, run_id, status, "training", _stop_reason(root))
     metrics: dict[str, Any] = {}
     try:
         metrics = json.loads((root / "metrics.json").read_text(encoding="utf-8"))

@@ -28,9 +28,10 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-__all__ = ["PRELOAD", "SOCKET_ENV", "serve", "shim_source"]
+__all__ = ["PRELOAD", "SHIM_NAME", "SOCKET_ENV", "install_shim", "serve", "shim_source"]
 
 log = logging.getLogger("fedpriv.deploy.warm")
+SHIM_NAME = "flwr-clientapp"
 SOCKET_ENV = "FEDPRIV_WARM_SOCKET"
 PRELOAD = (
     "numpy",
@@ -102,9 +103,9 @@ def _child(argv: list[str], fds: list[int], listener: socket.socket, conn: socke
 def serve(socket_path: Path) -> int:
     """Preload, listen on ``socket_path``, fork one child per request until told to stop."""
     loaded = _preload()
-    from fedpriv.deploy.clientapp import _patch_flower
+    from fedpriv.deploy.clientapp import patch_flower
 
-    _patch_flower()
+    patch_flower()
     socket_path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
@@ -238,6 +239,25 @@ while len(buf) < 4:
     buf += chunk
 sys.exit(struct.unpack(">i", buf)[0] & 0xFF)
 """
+
+
+def install_shim(bin_dir: Path) -> Path:
+    """Write the ``flwr-clientapp`` shim into ``bin_dir`` (put it first on the SuperNode's PATH).
+
+    The shim hands each task to the warm server when ``FEDPRIV_WARM_SOCKET`` names a running
+    one, else runs :func:`fedpriv.deploy.clientapp.main` in a new process.
+
+    Returns
+    -------
+    Path
+        The script.
+    """
+    from fedpriv.fileio import atomic_write_text
+
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / SHIM_NAME
+    atomic_write_text(script, shim_source(sys.executable), mode=0o755)
+    return script
 
 
 def main() -> None:

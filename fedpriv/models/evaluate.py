@@ -17,9 +17,10 @@ __all__ = ["evaluate"]
 def _batches(data: ArrayDataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     import torch
 
-    x, y = torch.tensor(data.x), torch.tensor(data.y)
+    # torch.tensor copies one batch: the cached arrays are read-only, which as_tensor would
+    # share (and warn about)
     for i in range(0, len(data), batch_size):
-        yield x[i : i + batch_size], y[i : i + batch_size]
+        yield torch.tensor(data.x[i : i + batch_size]), torch.tensor(data.y[i : i + batch_size])
 
 
 def evaluate(

@@ -28,6 +28,7 @@ __all__ = [
     "opacus_epsilon",
     "plan_noise_multiplier",
     "pld_epsilon",
+    "pld_epsilon_bounds",
 ]
 
 ACCOUNTANTS = ("prv", "rdp")
@@ -180,6 +181,37 @@ def pld_epsilon(history: Sequence[DpEvent], delta: float) -> float:
             )
         )
     return float(acc.get_epsilon(delta))
+
+
+def pld_epsilon_bounds(
+    history: Sequence[DpEvent], delta: float, interval: float = 1e-4
+) -> tuple[float, float]:
+    """Rigorous lower and upper bounds on the true epsilon of ``history`` (dp-accounting PLD).
+
+    The privacy loss distribution is discretised once rounding down (an *optimistic* PLD, whose
+    epsilon never exceeds the true one) and once rounding up (a *pessimistic* PLD, never below
+    it); truncated tails are dropped resp. sent to infinity. A reported epsilon below the lower
+    bound is under-reported, whatever accountant produced it: that is the whole tolerance
+    ``fedpriv report verify`` allows (the discretisation error of the PLD itself, shrinking with
+    ``interval``).
+    """
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
+    hist = compress_history(history)
+    if not hist:
+        return (0.0, 0.0)
+    total = None
+    for ev in hist:
+        one = pld.from_gaussian_mechanism(
+            standard_deviation=ev.noise_multiplier,
+            sampling_prob=ev.sample_rate,
+            pessimistic_estimate=False,
+            use_connect_dots=False,  # connect-the-dots is pessimistic only
+            value_discretization_interval=interval,
+        ).self_compose(ev.steps)
+        total = one if total is None else total.compose(one)
+    assert total is not None
+    return (float(total.get_epsilon_for_delta(delta)), pld_epsilon(hist, delta))
 
 
 @functools.lru_cache(maxsize=256)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -49,11 +49,11 @@ __all__ = [
     "ClientLevelPlan",
     "client_level_epsilon",
     "client_level_epsilon_vs_server",
-    "client_level_events",
     "client_level_plan",
     "clip_update",
     "discrete_gaussian",
     "plan_client_noise",
+    "replace_one_epsilon",
     "rounding_norm",
 ]
 
@@ -146,18 +146,6 @@ def rounding_norm(num_values: int, quant_scale: float) -> float:
     return math.sqrt(num_values) / quant_scale
 
 
-def client_level_events(plan: ClientLevelPlan, rounds: int) -> Any:
-    """The dp-accounting event of ``rounds`` rounds (sampling without replacement, REPLACE_ONE)."""
-    from dp_accounting import dp_event
-
-    return dp_event.SelfComposedDpEvent(
-        dp_event.SampledWithoutReplacementDpEvent(
-            plan.num_clients, plan.per_round, dp_event.GaussianDpEvent(plan.noise_multiplier)
-        ),
-        rounds,
-    )
-
-
 @functools.lru_cache(maxsize=1024)
 def _rdp_epsilon(z: float, n: int, m: int, rounds: int, delta: float) -> float:
     from dp_accounting import dp_event
@@ -173,6 +161,18 @@ def _rdp_epsilon(z: float, n: int, m: int, rounds: int, delta: float) -> float:
         )
     eps = float(acc.get_epsilon(delta))
     return eps if math.isfinite(eps) else math.inf
+
+
+def replace_one_epsilon(
+    z: float, num_clients: int, per_round: int, rounds: int, delta: float
+) -> float:
+    """Epsilon of ``rounds`` Gaussian rounds (noise multiplier ``z`` relative to the replace-one
+    sensitivity), each on a fixed-size sample of ``per_round`` of ``num_clients`` clients drawn
+    without replacement (dp-accounting RDP, ``REPLACE_ONE``). ``per_round >= num_clients``: no
+    sampling (every client every round, or an adversary who knows the sample)."""
+    if rounds <= 0:
+        return 0.0
+    return _rdp_epsilon(float(z), int(num_clients), int(per_round), int(rounds), float(delta))
 
 
 def client_level_epsilon(plan: ClientLevelPlan, rounds: int, delta: float) -> float:

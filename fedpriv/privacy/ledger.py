@@ -23,6 +23,7 @@ from typing import Any
 from fedpriv.errors import VerificationError
 
 __all__ = [
+    "DECRYPT_FORMAT",
     "EVAL_FORMAT",
     "GENESIS",
     "MAX_RECORD_CHARS",
@@ -38,6 +39,7 @@ __all__ = [
 GENESIS = "0" * 64
 RECORD_FORMAT = "fedpriv.ledger-record/1"
 EVAL_FORMAT = "fedpriv.eval-record/1"
+DECRYPT_FORMAT = "fedpriv.decrypt-record/1"
 MAX_RECORD_CHARS = 1 << 16
 
 

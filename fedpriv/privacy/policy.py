@@ -30,6 +30,7 @@ __all__ = ["DevicePolicy", "EffectiveLimits", "request_k_min"]
 
 _MODES = ("off", "record", "client", "both", "distributed")
 _SCHEMES = ("off", "bfv", "ckks")
+_CUSTODY = ("shared", "threshold")
 FORMAT = "fedpriv.device-policy/1"
 
 
@@ -91,6 +92,12 @@ class DevicePolicy:
     min_sigma_effective
         Distributed DP: smallest effective noise multiplier of the summed noise (its shares
         sized for k_min clients, discretisation and rounding accounted for) accepted.
+    allowed_custody
+        Key custodies (``shared``, ``threshold``) this device takes part in: a device that
+        requires threshold custody refuses a run whose key every client holds.
+    require_rebuilt_aggregate
+        Threshold custody: partially decrypt only an aggregate this device rebuilt from the
+        round's signed updates (the request must carry them).
     """
 
     allowed_modes: tuple[str, ...] = ("record", "both", "client")
@@ -104,6 +111,8 @@ class DevicePolicy:
     client_max_epsilon: float = 10.0
     min_clients_per_aggregate: int = 2
     min_sigma_effective: float = 0.0
+    allowed_custody: tuple[str, ...] = _CUSTODY
+    require_rebuilt_aggregate: bool = False
 
     def __post_init__(self) -> None:
         problems = self._problems()
@@ -112,7 +121,11 @@ class DevicePolicy:
 
     def _problems(self) -> list[str]:
         out: list[str] = []
-        for name, allowed in (("allowed_modes", _MODES), ("allowed_schemes", _SCHEMES)):
+        for name, allowed in (
+            ("allowed_modes", _MODES),
+            ("allowed_schemes", _SCHEMES),
+            ("allowed_custody", _CUSTODY),
+        ):
             val = getattr(self, name)
             if not isinstance(val, tuple) or not val or any(v not in allowed for v in val):
                 out.append(f"{name} must be a non-empty list of {', '.join(allowed)}; got {val!r}")
@@ -132,6 +145,8 @@ class DevicePolicy:
         k = self.min_clients_per_aggregate
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             out.append(f"min_clients_per_aggregate must be an integer >= 1, got {k!r}")
+        if not isinstance(self.require_rebuilt_aggregate, bool):
+            out.append("require_rebuilt_aggregate must be true or false")
         return out
 
     # ------------------------------------------------------------------ construction
@@ -160,6 +175,12 @@ class DevicePolicy:
             client_max_epsilon=d.client_max_epsilon or p.client_max_epsilon,
             min_clients_per_aggregate=max(d.min_clients_per_aggregate, request_k_min(cfg)),
             min_sigma_effective=d.min_sigma_effective,
+            allowed_custody=tuple(d.allowed_custody) or (cfg.encryption.key_custody,),
+            require_rebuilt_aggregate=d.require_rebuilt_aggregate
+            or (
+                cfg.encryption.key_custody == "threshold"
+                and cfg.encryption.decryption_check == "rebuild"
+            ),
         )
 
     @classmethod
@@ -176,7 +197,11 @@ class DevicePolicy:
             if f.name not in raw:
                 continue
             v = raw[f.name]
-            if f.name in ("allowed_modes", "allowed_schemes"):
+            if f.name == "require_rebuilt_aggregate":
+                if not isinstance(v, bool):
+                    errors.append(f"{source}: {f.name} must be true or false")
+                    continue
+            elif f.name in ("allowed_modes", "allowed_schemes", "allowed_custody"):
                 if not isinstance(v, (list, tuple)):
                     errors.append(f"{source}: {f.name} must be a list")
                     continue
@@ -236,8 +261,10 @@ class DevicePolicy:
                 cur[k] = max(cur[k], v)
             elif k == "max_clip_norm":
                 cur[k] = min(cur[k], float(v))
-            elif k in ("allowed_modes", "allowed_schemes"):
+            elif k in ("allowed_modes", "allowed_schemes", "allowed_custody"):
                 cur[k] = tuple(x for x in cur[k] if x in tuple(v))
+            elif k == "require_rebuilt_aggregate":
+                cur[k] = cur[k] or bool(v)
             else:
                 raise ConfigError(f"device policy: unknown bound {k!r}")
         return DevicePolicy(**cur)
@@ -261,6 +288,22 @@ class DevicePolicy:
             out.append(
                 f"encryption.scheme={request.encryption.scheme!r} is not allowed on this device "
                 f"(allowed: {', '.join(self.allowed_schemes)})"
+            )
+        custody = request.encryption.key_custody
+        if request.he_on and custody not in self.allowed_custody:
+            out.append(
+                f"encryption.key_custody={custody!r} is not allowed on this device "
+                f"(allowed: {', '.join(self.allowed_custody)})"
+            )
+        if (
+            request.he_on
+            and custody == "threshold"
+            and self.require_rebuilt_aggregate
+            and request.encryption.decryption_check != "rebuild"
+        ):
+            out.append(
+                "encryption.decryption_check='records': this device partially decrypts only "
+                "aggregates it rebuilt from the round's signed updates ('rebuild')"
             )
         if request.record_dp:
             if p.delta > self.max_delta:

@@ -19,14 +19,12 @@ from fedpriv.report.build import (
     validate_report,
     write_report,
 )
-from fedpriv.report.epsilon import PLD_TOLERANCE
 from fedpriv.report.facts import BuildOptions, Environment, RunFacts, load_facts
 from fedpriv.report.records import REPORT_HTML, REPORT_JSON
 from fedpriv.report.tiers import epsilon_tier
 from fedpriv.report.verify import Check, VerifyOptions, VerifyResult, verify_run
 
 __all__ = [
-    "PLD_TOLERANCE",
     "REPORT_HTML",
     "REPORT_JSON",
     "SCHEMA_VERSION",

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import functools
 
-from fedpriv.privacy.accounting import DpEvent, opacus_epsilon, pld_epsilon
+from fedpriv.privacy.accounting import DpEvent, opacus_epsilon, pld_epsilon, pld_epsilon_bounds
 
-__all__ = ["PLD_TOLERANCE", "HistoryKey", "history_key", "opacus_eps", "pld_eps"]
-
-# PLD is typically a little *below* PRV (tighter); only a reported epsilon more than 2% under the
-# independent PLD value counts as under-reporting (the builder flags it, verify fails it).
-PLD_TOLERANCE = 0.02
+__all__ = ["HistoryKey", "history_key", "opacus_eps", "pld_bounds", "pld_eps"]
 
 HistoryKey = tuple[tuple[float, float, int], ...]
 
@@ -37,3 +33,12 @@ def opacus_eps(accountant: str, delta: float, key: HistoryKey) -> float:
 def pld_eps(delta: float, key: HistoryKey) -> float:
     """The independent accountant (dp-accounting PLD) on ``key``."""
     return pld_epsilon(_events(key), delta)
+
+
+@functools.lru_cache(maxsize=4096)
+def pld_bounds(delta: float, key: HistoryKey) -> tuple[float, float]:
+    """Rigorous (lower, upper) bounds on the true epsilon of ``key`` (dp-accounting PLD).
+
+    A reported epsilon below the lower bound is under-reported whatever accountant made it.
+    """
+    return pld_epsilon_bounds(_events(key), delta)

@@ -261,9 +261,35 @@ class RunFacts:
         return dict(self.config.get("data", {}))
 
     @property
+    def client_records(self) -> list[dict[str, Any]]:
+        """The clients' own signed records (parsed; signatures are checked by ``verify``)."""
+        out = []
+        for e in self.ledger.entries:
+            text = e.get("client_record")
+            if isinstance(text, str) and text:
+                try:
+                    rec = json.loads(text)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict):
+                    out.append(rec)
+        return out
+
+    @property
+    def test_seeded(self) -> tuple[str, ...]:
+        """Clients whose records say their DP randomness came from a test seed, not the CSPRNG."""
+        from fedpriv.privacy.rng import RNG_OS
+
+        seeded = {str(r.get("client_id")) for r in self.client_records if r.get("rng") != RNG_OS}
+        # Runs from before per-device randomness named a seed in their config.
+        if self.record_dp and int(self.privacy.get("noise_seed", -1)) >= 0:
+            seeded |= {c.client_id for c in self.clients}
+        return tuple(sorted(seeded))
+
+    @property
     def fixed_noise_seed(self) -> bool:
-        """Record-level DP noise from a fixed seed (which voids the guarantee)."""
-        return self.record_dp and int(self.privacy.get("noise_seed", -1)) >= 0
+        """Some device drew its DP randomness from a fixed seed (which voids the guarantee)."""
+        return bool(self.test_seeded)
 
     def file_sha256(self, rel: str) -> str | None:
         return next((f.sha256 for f in self.files if f.path == rel), None)

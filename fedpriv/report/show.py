@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -25,6 +26,19 @@ def _eps(v: Any) -> str:
 
 def _kib(n: Any) -> str:
     return f"{int(n or 0) / 1024:.1f}"
+
+
+def _ranges(rounds: list[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``"1-3,5"`` (a run of rounds stays short)."""
+    out: list[str] = []
+    for r in sorted(rounds):
+        if out and "-" not in out[-1].split(",")[-1] and int(out[-1]) == r - 1:
+            out[-1] = f"{r - 1}-{r}"
+        elif out and "-" in out[-1] and int(out[-1].split("-")[1]) == r - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{r}"
+        else:
+            out.append(str(r))
+    return ",".join(out) or "-"
 
 
 def print_summary(doc: dict[str, Any], run_dir: Path, console: Console | None = None) -> None:
@@ -67,19 +81,25 @@ def print_summary(doc: dict[str, Any], run_dir: Path, console: Console | None = 
             expand=False,
         )
     )
-    t = Table(title="per client (epsilon is cumulative over all rounds)")
+    # Short headers explained in a legend, rounds as ranges: fits 80 columns, never truncated.
+    t = Table(
+        title="per client (epsilon is cumulative over all rounds)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     for col, just in (
         ("client", "left"),
         ("records", "right"),
-        ("rounds trained", "left"),
+        ("trained", "left"),
         ("refused", "left"),
-        ("epsilon", "right"),
-        ("PLD check", "right"),
+        ("eps", "right"),
+        ("PLD", "right"),
         ("tier", "center"),
-        ("KiB enc", "right"),
-        ("KiB plain", "right"),
+        ("enc KiB", "right"),
+        ("clear", "right"),
     ):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+        t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     sites = {x["client_id"]: x for x in doc["data_locations"]["sites"]}
     mech = {x["client_id"]: x for x in doc["mechanism"]["per_client"]}
     eg = {x["client_id"]: x for x in doc["egress"]["per_client"]}
@@ -89,8 +109,8 @@ def print_summary(doc: dict[str, Any], run_dir: Path, console: Console | None = 
         t.add_row(
             escape(cid),
             str(sites.get(cid, {}).get("records", "-")),
-            ",".join(map(str, pc["rounds_trained"])) or "-",
-            ",".join(map(str, mech.get(cid, {}).get("rounds_refused", []))) or "-",
+            _ranges(pc["rounds_trained"]),
+            _ranges(mech.get(cid, {}).get("rounds_refused", [])),
             _eps(pc["epsilon"]),
             _eps(pc["epsilon_pld"]),
             f"[{_TIER_STYLE.get(tier, 'red')}]{tier if tier else '-'}[/]",
@@ -98,11 +118,25 @@ def print_summary(doc: dict[str, Any], run_dir: Path, console: Console | None = 
             _kib(eg.get(cid, {}).get("bytes_not_encrypted")),
         )
     con.print(t)
+    con.print(
+        "trained, refused: rounds; eps: the reporting accountant, PLD: an independent"
+        " accountant's check; enc, clear: KiB sent encrypted and in the clear",
+        style="dim",
+    )
     so = doc["sign_off"]
     con.print(
         f"Signed with Ed25519 key [bold]{escape(so['fingerprint'])}[/] at {escape(so['signed_at'])}."
-        " This summary is read from the file and NOT verified; check it with:\n"
-        f"  fedpriv report verify {escape(str(run_dir))} --trusted-key {escape(so['fingerprint'])}\n"
+        " This summary is read from the file and NOT verified; check it with:",
+        highlight=False,
+    )
+    # soft_wrap: a command or path is never broken over two lines
+    con.print(
+        f"  fedpriv report verify {escape(str(run_dir))} --trusted-key {escape(so['fingerprint'])}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    con.print(
         f"Full report: {escape(str(run_dir / 'privacy_report.html'))}",
         highlight=False,
+        soft_wrap=True,
     )

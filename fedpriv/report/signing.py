@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedpriv.errors import CryptoError
+from fedpriv.fileio import fedpriv_home
 from fedpriv.report.canonical import sha256_bytes
 
 __all__ = [
@@ -41,12 +42,6 @@ __all__ = [
 ]
 
 _FP = re.compile(r"^[0-9a-f]{64}$")
-
-
-def fedpriv_home() -> Path:
-    """``$FEDPRIV_HOME`` or ``~/.fedpriv``: per-user state that must stay out of run folders."""
-    env = os.environ.get("FEDPRIV_HOME", "")
-    return Path(env).expanduser() if env else Path.home() / ".fedpriv"
 
 
 def run_key_path(run_id: str) -> Path:

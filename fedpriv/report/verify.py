@@ -11,14 +11,23 @@ produces a list that names what broke rather than a single opaque error. The che
 6. egress record: the same, and the report's "what left each device" equal to it line for line;
 7. files: SHA-256 of config, metrics, HE parameters and model as the report states;
 8. config hash: the resolved config hashes to what the run and the report say;
-9. epsilon, reporting accountant: every ledger line's epsilon recomputed from its history with
-   the Opacus accountant it names; the report's epsilons equal the ledger's;
-10. epsilon, independent accountant: every client's final history recomputed with
-    dp-accounting's PLD; a reported epsilon more than the tolerance below it fails;
-11. epsilon, client-level (when on): recomputed from the run's plan and rounds, both accountants;
-12. mechanism: each history agrees with the configured mechanism (q = 1/ceil(n/B), steps);
-13. summary: the headline numbers equal the detailed sections;
-14. HTML: built from this very report (digest), its tagged numbers equal the JSON.
+9. client records: every ledger line carries the client's own record, signed with its identity
+   key (checked against the identity registry), saying what the line says; each client's records
+   form an unbroken chain (a record lost in transit is listed, its charge is in the next one);
+10. client heads: the chain heads the clients exported (``--client-head``, and in a simulation
+    run folder each client's own state) are the last records the ledger holds for them, so a
+    ledger with a client's latest rounds removed, even re-chained and re-signed, fails;
+11. randomness: every client drew its DP randomness from its OS CSPRNG (a test seed: not private);
+12. epsilon, reporting accountant: every ledger line's epsilon recomputed from its history with
+    the Opacus accountant it names; the report's epsilons equal the ledger's;
+13. epsilon, independent accountant: every client's final history recomputed with
+    dp-accounting's PLD: a reported epsilon below the PLD's rigorous lower bound (an optimistic
+    discretisation; the gap to the pessimistic one is the PLD's own error) fails;
+14. epsilon, client-level (when on): recomputed from the run's plan (replace-one adjacency,
+    sampling without replacement, dp-accounting RDP) and the rounds run;
+15. mechanism: each history agrees with the configured mechanism (q = 1/ceil(n/B), steps);
+16. summary: the headline numbers equal the detailed sections;
+17. HTML: built from this very report (digest), its tagged numbers equal the JSON.
 """
 
 from __future__ import annotations
@@ -31,11 +40,20 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Literal
 
+from fedpriv.crypto.identity import IdentityRegistry
 from fedpriv.errors import CryptoError, FedprivError, VerificationError
 from fedpriv.privacy.accounting import DpEvent
 from fedpriv.report.build import signed_payload, validate_report
 from fedpriv.report.canonical import canonical_bytes, file_text, sha256_bytes, sha256_file
-from fedpriv.report.epsilon import PLD_TOLERANCE, history_key, opacus_eps, pld_eps
+from fedpriv.report.client_records import (
+    Head,
+    RecordCheck,
+    check_client_records,
+    check_heads,
+    head_from_state,
+    load_head,
+)
+from fedpriv.report.epsilon import history_key, opacus_eps, pld_bounds
 from fedpriv.report.records import (
     REPORT_HTML,
     REPORT_JSON,
@@ -81,6 +99,11 @@ class VerifyOptions:
     """Flag, but do not fail, a valid signature by a key nobody pinned."""
     trust_local_keys: bool = True
     """Also trust keys whose private half is in this user's $FEDPRIV_HOME/signing."""
+    registry: Path | None = None
+    """The clients' identity registry (``identities.json``; a deployment's dealer-signed server
+    bundle holds it). Default: the run folder's ``keys/server/identities.json``."""
+    client_heads: tuple[Path, ...] = ()
+    """Ledger heads the clients exported (``fedpriv client ledger-head``)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +146,8 @@ class _Ctx:
     egress: ChainState | None = None
     metrics: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
+    records: RecordCheck | None = None
+    registry: IdentityRegistry | None = None
 
 
 def _fail(name: str, detail: str, problems: list[str] | None = None) -> Check:
@@ -338,6 +363,8 @@ def _egress_problems(doc: dict[str, Any], chain: ChainState) -> list[str]:
             "seq",
             "round",
             "client_id",
+            "message",
+            "part",
             "kind",
             "bytes",
             "sha256",
@@ -346,7 +373,9 @@ def _egress_problems(doc: dict[str, Any], chain: ChainState) -> list[str]:
             "accepted",
             "hash",
         ):
-            want = e.get(key, True if key == "accepted" else None)
+            want = e.get(
+                key, True if key == "accepted" else "" if key in ("message", "part") else None
+            )
             if key == "sha256":
                 want = want or ""
             if m.get(key) != want:
@@ -393,6 +422,101 @@ def _check_config_hash(ctx: _Ctx) -> Check:
         return _fail(name, f"config.json hashes to {h[:16]}..., but " + "; ".join(bad) + ".")
     return Check(
         name, "pass", f"config.json hashes to the config hash the run recorded ({h[:16]}...)."
+    )
+
+
+def _registry(ctx: _Ctx) -> IdentityRegistry:
+    if ctx.registry is None:
+        path = ctx.opts.registry or ctx.root / "keys" / "server" / "identities.json"
+        ctx.registry = IdentityRegistry.load(path)
+    return ctx.registry
+
+
+def _check_client_records(ctx: _Ctx) -> Check:
+    name = "client records"
+    if ctx.ledger is None:
+        return Check(name, "skip", "the privacy ledger is unreadable.")
+    try:
+        registry = _registry(ctx)
+    except CryptoError as exc:
+        return _fail(
+            name,
+            f"no identity registry to check the clients' signatures with ({exc}); pass"
+            " --registry with the federation's identities.json",
+        )
+    ctx.records = rc = check_client_records(ctx.ledger.entries, registry)
+    if rc.problems:
+        return _fail(
+            name,
+            "ledger lines that no client signed, or that say something else than the client did.",
+            _limit(list(rc.problems)),
+        )
+    detail = (
+        f"all {ctx.ledger.lines} ledger lines carry a record signed by the client named (identity"
+        f" registry {registry.fingerprint()[:16]}...), and each of the {len(rc.chains)} clients'"
+        " records link into one chain per client"
+    )
+    if rc.gaps:
+        return Check(
+            name,
+            "warn",
+            detail + "; some records never reached the server (listed), each charge is"
+            " carried by the client's next record.",
+            tuple(_limit(list(rc.gaps))),
+        )
+    return Check(name, "pass", detail + ".")
+
+
+def _heads(ctx: _Ctx) -> list[Head]:
+    heads = [load_head(p) for p in ctx.opts.client_heads]
+    # A simulation run folder also holds each virtual client's own state (and with it its head).
+    for state in sorted((ctx.root / "clients").glob("*/privacy_state.json")):
+        heads.extend(head_from_state(state))
+    return heads
+
+
+def _check_client_heads(ctx: _Ctx) -> Check:
+    name = "client heads"
+    if ctx.records is None:
+        return Check(name, "skip", "the client records could not be checked.")
+    heads = _heads(ctx)
+    if not heads:
+        return Check(
+            name,
+            "warn",
+            "no client exported the head of its record chain (fedpriv client ledger-head;"
+            " --client-head): a ledger missing a client's latest records cannot be told apart.",
+        )
+    assert ctx.registry is not None
+    problems = check_heads(ctx.records.chains, heads, ctx.registry)
+    if problems:
+        return _fail(
+            name, "the ledger does not reach the heads the clients signed.", _limit(problems)
+        )
+    clients = sorted({h.client_id for h in heads})
+    return Check(
+        name,
+        "pass",
+        f"{len(heads)} head(s) from {len(clients)} client(s): each is a genuine signed record and"
+        " the ledger holds it; no client's latest record is missing.",
+    )
+
+
+def _check_randomness(ctx: _Ctx) -> Check:
+    name = "randomness"
+    if ctx.records is None:
+        return Check(name, "skip", "the client records could not be checked.")
+    if ctx.records.test_seeded:
+        return _fail(
+            name,
+            "NOT PRIVATE: these clients drew their DP randomness (sampling, noise, rounding) from a"
+            " fixed test seed, so anyone who knows it can remove the noise: "
+            + ", ".join(ctx.records.test_seeded),
+        )
+    return Check(
+        name,
+        "pass",
+        "every client record says its DP randomness came from the device's OS CSPRNG.",
     )
 
 
@@ -560,7 +684,7 @@ def _check_epsilon_pld(ctx: _Ctx) -> Check:
             reported = {}
     finals = _final_lines(ctx.ledger)
     problems = []
-    margins: list[float] = []
+    gaps: list[float] = []
     for cid, e in finals.items():
         try:
             hist = _hist(e.get("history"))
@@ -568,41 +692,40 @@ def _check_epsilon_pld(ctx: _Ctx) -> Check:
         except (FedprivError, KeyError, TypeError, ValueError) as exc:
             problems.append(f"{cid}: cannot recompute ({exc})")
             continue
-        pld = pld_eps(delta, history_key(hist))
+        lower, upper = pld_bounds(delta, history_key(hist))
         rep = _eps(reported.get(cid, e.get("epsilon")))
         if rep is None:
             problems.append(f"{cid}: {source} gives no epsilon")
             continue
         if math.isinf(rep):
             continue
-        if rep < pld * (1 - PLD_TOLERANCE):
+        # Only float rounding separates a correct report from the bound: nothing else is allowed.
+        if rep < lower * (1 - 1e-9):
             problems.append(
-                f"{cid}: {source} reports epsilon {rep:.4f}, but PLD recomputes {pld:.4f} from the"
-                f" ledger history: {100 * (1 - rep / pld):.1f}% too low (tolerance {100 * PLD_TOLERANCE:g}%)"
+                f"{cid}: {source} reports epsilon {rep:.4f}, below {lower:.4f}, the least any"
+                f" correct accountant can give for the ledger history (PLD lower bound; upper"
+                f" bound {upper:.4f})"
             )
-        if pld > 0:
-            margins.append(100 * (rep / pld - 1))
+        gaps.append(upper - lower)
     if problems:
         return _fail(
             name,
-            "a reported epsilon is lower than an independent accountant allows.",
+            "a reported epsilon is lower than an independent accountant proves possible.",
             _limit(problems),
         )
     return Check(
         name,
         "pass",
-        f"all {len(finals)} clients: epsilon recomputed from the ledger history with dp-accounting's"
-        f" PLD accountant; no reported value is more than {100 * PLD_TOLERANCE:g}% below it"
-        + (
-            f" (reported minus PLD: {min(margins):+.2f}% to {max(margins):+.2f}%)."
-            if margins
-            else "."
-        ),
+        f"all {len(finals)} clients: dp-accounting's PLD bounds the true epsilon of the ledger"
+        " history from below and above; every reported epsilon is at or above the lower bound"
+        + (f" (the PLD's own discretisation gap: at most {max(gaps):.4f})." if gaps else "."),
     )
 
 
 def _check_client_level(ctx: _Ctx) -> Check:
     name = "epsilon (client-level)"
+    from fedpriv.privacy.client_level import replace_one_epsilon
+
     mode = str((ctx.metrics or {}).get("privacy_mode", "off"))
     stated = (ctx.doc or {}).get("accounting", {}).get("client_level")
     if mode not in ("client", "both"):
@@ -613,13 +736,10 @@ def _check_client_level(ctx: _Ctx) -> Check:
     if not isinstance(plan, dict):
         return _fail(name, "the run used client-level DP but metrics.json holds no plan for it.")
     try:
-        z, q = float(plan["noise_multiplier"]), float(plan["sample_rate"])
-        delta = float(plan["delta"])
-        acc = str((ctx.metrics or {}).get("accountant", "prv"))
+        z, delta = float(plan["noise_multiplier"]), float(plan["delta"])
+        n, m = int(plan["num_clients"]), int(plan["per_round"])
         rounds = max((int(r["round"]) for r in (ctx.metrics or {}).get("rounds", [])), default=0)
-        hist = [DpEvent(z, q, rounds)] if rounds else []
-        eps = opacus_eps(acc, delta, history_key(hist))
-        pld = pld_eps(delta, history_key(hist))
+        eps = replace_one_epsilon(z, n, m, rounds, delta)
     except (FedprivError, KeyError, TypeError, ValueError) as exc:
         return _fail(name, f"cannot recompute the client-level epsilon ({exc}).")
     problems = []
@@ -635,6 +755,18 @@ def _check_client_level(ctx: _Ctx) -> Check:
         problems.append(
             f"the ledger records client-level epsilon {ledger_max:.4f}, above the {eps:.4f} of {rounds} rounds"
         )
+    for r in ctx.records.chains.values() if ctx.records else ():
+        for rec in r.records:
+            cl = rec.get("client_level") or {}
+            if not cl:
+                continue
+            own = replace_one_epsilon(z, 1, 1, int(cl.get("participations", 0)), delta)
+            if not _close(_eps(cl.get("epsilon_vs_server")), own):
+                problems.append(
+                    f"{r.client_id}, round {rec.get('round')}: epsilon against the server"
+                    f" {cl.get('epsilon_vs_server')} differs from {own:.4f} for"
+                    f" {cl.get('participations')} participation(s)"
+                )
     if ctx.doc is not None:
         if not isinstance(stated, dict):
             problems.append("the report has no client-level accounting")
@@ -642,15 +774,13 @@ def _check_client_level(ctx: _Ctx) -> Check:
             rep = _eps(stated.get("epsilon"))
             if rep is None or not _close(rep, eps, 1e-6):
                 problems.append(
-                    f"the report says {stated.get('epsilon')}, {acc.upper()} on [[{z:.4f}, {q:.4g}, {rounds}]] gives {eps:.4f}"
-                )
-            elif rep < pld * (1 - PLD_TOLERANCE):
-                problems.append(
-                    f"the reported {rep:.4f} is more than {100 * PLD_TOLERANCE:g}% below PLD's {pld:.4f}"
+                    f"the report says {stated.get('epsilon')}, RDP (replace-one, {m} of {n} clients"
+                    f" without replacement, z = {z:.4f}, {rounds} rounds) gives {eps:.4f}"
                 )
             for key, want in (
                 ("noise_multiplier", z),
-                ("sample_rate", q),
+                ("num_clients", n),
+                ("per_round", m),
                 ("delta", delta),
                 ("rounds_charged", rounds),
             ):
@@ -659,12 +789,13 @@ def _check_client_level(ctx: _Ctx) -> Check:
                         f"the report's {key} is {stated.get(key)!r}, the run's {want!r}"
                     )
     if problems:
-        return _fail(name, "the client-level epsilon does not hold up.", problems)
+        return _fail(name, "the client-level epsilon does not hold up.", _limit(problems))
     return Check(
         name,
         "pass",
-        f"client-level epsilon of {rounds} round(s) at z = {z:.4f}, q = {q:.4g}: {acc.upper()} gives"
-        f" {eps:.4f}, PLD {pld:.4f}; the report and the ledger agree.",
+        f"client-level epsilon of {rounds} round(s), z = {z:.4f}, {m} of {n} clients per round"
+        f" (replace-one, without replacement): dp-accounting RDP gives {eps:.4f}; the report,"
+        " the ledger and each client's epsilon against the server agree.",
     )
 
 
@@ -682,6 +813,7 @@ def _check_mechanism(ctx: _Ctx) -> Check:
             counts[(int(r["round"]), str(cid))] = c.get("num_examples")
     problems = []
     charged: dict[str, int] = {}
+    unrecorded: dict[str, int] = {}
     for e in ctx.ledger.entries:
         cid, rnd = str(e.get("client_id")), int(e.get("round", 0))
         try:
@@ -710,16 +842,30 @@ def _check_mechanism(ctx: _Ctx) -> Check:
                     f"{cid} round {rnd}: the history's last (sigma, q) is not the round's"
                 )
         total = sum(h.steps for h in hist)
-        if total != charged.get(cid, 0):
+        if total < charged.get(cid, 0):
             problems.append(
                 f"{cid} round {rnd}: the history holds {total} steps, the ledger charged {charged.get(cid, 0)}"
                 " (steps missing from the history?)"
             )
+        elif total > charged.get(cid, 0):
+            # Trained and charged, but never recorded by the server (an interrupted round
+            # that was run again after a resume, a lost update): the epsilon counts it.
+            unrecorded[cid] = total - charged.get(cid, 0)
     if problems:
         return _fail(
             name,
             "the stored histories disagree with the mechanism as configured and run.",
             _limit(problems),
+        )
+    if unrecorded:
+        return Check(
+            name,
+            "warn",
+            "every history holds every step the ledger charged, with the expected q and steps;"
+            " some clients also spent budget on training the server never recorded (an"
+            " interrupted round run again after a resume, or a lost update). Their epsilon"
+            " includes it: conservative, never under-reported.",
+            tuple(f"{cid}: {n} steps beyond the ledger" for cid, n in sorted(unrecorded.items())),
         )
     return Check(
         name,
@@ -898,6 +1044,9 @@ _CHECKS: tuple[Callable[[_Ctx], Check], ...] = (
     _check_egress,
     _check_files,
     _check_config_hash,
+    _check_client_records,
+    _check_client_heads,
+    _check_randomness,
     _check_epsilon_opacus,
     _check_epsilon_pld,
     _check_client_level,

@@ -31,6 +31,7 @@ class RunRecorder:
         self.rounds: list[dict[str, Any]] = []
         self._ledger = HashChainWriter(run_dir.ledger)
         self._egress = HashChainWriter(run_dir.egress)
+        self._decrypt_journal: HashChainWriter | None = None
         (run_dir.root / "globals").mkdir(parents=True, exist_ok=True)
 
     def __call__(self, rec: RoundRecord, global_blob: bytes | None) -> None:
@@ -88,6 +89,7 @@ class RunRecorder:
         if global_blob is not None:
             path = self.run_dir.global_blob(rec.server_round)
             atomic_write_bytes(path, global_blob, mode=0o644)
+        decryption = self._decryption(rec, enc, dp)
         self.rounds.append(
             {
                 "round": rec.server_round,
@@ -107,11 +109,54 @@ class RunRecorder:
                 "bytes_down_total": sum(c.bytes_down for c in rec.clients),
                 "clients": clients,
                 "evaluations": evals,
+                **({"decryption": decryption} if decryption is not None else {}),
             }
         )
         self.flush()
         if self.progress:
             self.progress(rec)
+
+    def _decryption(self, rec: RoundRecord, enc: bool, dp: bool) -> dict[str, Any] | None:
+        """Threshold custody: the aggregate ciphertext, a journal line per decryption reply (its
+        signed decrypt record verbatim) and its egress lines; returns the metrics entry."""
+        dec = rec.decryption
+        if dec is None:
+            return None
+        if dec.aggregate is not None:
+            atomic_write_bytes(
+                self.run_dir.aggregate_blob(rec.server_round), dec.aggregate, mode=0o644
+            )
+        if self._decrypt_journal is None:
+            self._decrypt_journal = HashChainWriter(self.run_dir.decryption_journal)
+        for r in dec.replies:
+            self._decrypt_journal.append(
+                {
+                    "round": rec.server_round,
+                    "attempt": r.attempt,
+                    "participants": dec.attempts[r.attempt]
+                    if r.attempt < len(dec.attempts)
+                    else [],
+                    "client_id": r.client_id,
+                    "node_id": r.node_id,
+                    "status": r.status,
+                    "reason": r.reason,
+                    "bytes_down": r.bytes_down,
+                    "bytes_up": r.bytes_up,
+                    "decrypt_record": r.record,
+                    "client_signature": r.signature,
+                }
+            )
+            self._egress_lines(
+                rec.server_round,
+                "decrypt-reply",
+                r.client_id,
+                r.node_id,
+                "accepted" if r.status == "decrypted" else r.status,
+                r.parts,
+                enc,
+                dp,
+            )
+        return dec.to_dict()
 
     def _ledger_line(self, now: str, server_round: int, c: ClientRoundRecord) -> dict[str, Any]:
         """A ledger line: the server's view, and the client's own signed record verbatim.
@@ -212,6 +257,22 @@ def _classify(message: str, part: str, enc: bool, dp: bool) -> tuple[str, bool, 
             False,
             "plaintext metadata (train loss, epsilon, steps, sample rate, timings): "
             "not covered by epsilon",
+        )
+    if part == "partial":
+        return (
+            "partial-decryption",
+            enc,
+            dp,
+            "this device's share of the decryption of the round's aggregate (threshold custody),"
+            " masked with a pad only the clients can derive: the server learns nothing from it",
+        )
+    if part == "info.record" and message == "decrypt-reply":
+        return (
+            "decrypt-record",
+            False,
+            False,
+            "signed decrypt record: round, participant set, aggregate and partial digests, this"
+            " device's count of partial decryptions: not covered by epsilon",
         )
     if part == "info.record":
         return (

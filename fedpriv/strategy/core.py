@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
@@ -36,6 +36,10 @@ from fedpriv.protocol import (
     parse_train_reply,
     reply_parts,
 )
+from fedpriv.strategy.threshold import DecryptionRecord, ThresholdDecryption
+
+if TYPE_CHECKING:
+    from fedpriv.crypto.tcustody import ThresholdPublic
 
 __all__ = ["ClientEvalRecord", "ClientRoundRecord", "EncryptedFedAvg", "RoundRecord"]
 
@@ -97,9 +101,13 @@ class RoundRecord:
     global_bytes: int = 0
     eval_sampled: list[int] = field(default_factory=list)
     evals: list[ClientEvalRecord] = field(default_factory=list)
+    needed: int = 1
+    """Accepted updates this round needed for its aggregate to be used."""
+    decryption: DecryptionRecord | None = None
+    """Threshold custody: the round's decryption phase (None under shared custody)."""
 
 
-class EncryptedFedAvg(Strategy):
+class EncryptedFedAvg(ThresholdDecryption, Strategy):
     """Weighted FedAvg whose aggregation happens on ciphertexts (or plaintext when HE is off).
 
     Parameters
@@ -113,6 +121,10 @@ class EncryptedFedAvg(Strategy):
     on_round:
         Called with each finished :class:`RoundRecord` and the new global blob (the run
         recorder writes files and checkpoints from it).
+    threshold:
+        Threshold custody's public material (key id, share indices): after each aggregation
+        T share holders decrypt the aggregate (:mod:`fedpriv.strategy.threshold`), and the
+        global model clients receive is their masked combined decryption.
     """
 
     def __init__(
@@ -134,6 +146,7 @@ class EncryptedFedAvg(Strategy):
         run_id: str | None = None,
         pinned_nodes: dict[str, int] | None = None,
         max_eval_examples: int = 2**31 - 1,
+        threshold: ThresholdPublic | None = None,
     ) -> None:
         self.params = params
         # Updates must be signed by a registered client identity (None only in unit tests of
@@ -158,7 +171,16 @@ class EncryptedFedAvg(Strategy):
         # client-level amplification by sampling holds only against parties who do not know the
         # sample. ``seed`` is kept for callers that need a reproducible sample (tests).
         self._rng = random.Random(seed if seed is not None else secrets.randbits(128))
-        self._agg: AggregatorLike = open_aggregator(params)
+        self.threshold = threshold
+        self._agg: AggregatorLike = open_aggregator(
+            params, threshold.key_id if threshold is not None else None
+        )
+        self.aggregate_blob: bytes | None = None
+        self._round_updates: list[bytes] = []
+        self.decryptions = 0
+        self.decryption_check = str(
+            json.loads(config_json).get("encryption", {}).get("decryption_check", "records")
+        )
         # Node binding: a client id is accepted from one node only for the whole run (pre-set
         # from the deployment's registration, else bound on first verified contact).
         self._node_of: dict[str, int] = dict(pinned_nodes or {})
@@ -247,6 +269,7 @@ class EncryptedFedAvg(Strategy):
         assert rec is not None and rec.server_round == server_round
         down = len(self.global_blob or b"")
         self._agg.reset()
+        self._round_updates = []
         seen: set[int] = set()
         delivered: set[str] = set()
         t0 = time.perf_counter()
@@ -326,6 +349,8 @@ class EncryptedFedAvg(Strategy):
                 )
                 continue
             cr.status = "accepted"
+            if self.threshold is not None and self.decryption_check == "rebuild":
+                self._round_updates.append(r.blob)
         rec.accepted = self._agg.count
         missing = set(rec.sampled) - seen
         for node in sorted(missing):
@@ -336,9 +361,11 @@ class EncryptedFedAvg(Strategy):
             )
         rec.aggregate_seconds = time.perf_counter() - t0
         if rec.accepted == 0:
+            rec.needed = max(1, self.min_accepted)
             return None, None
         refused = sum(c.status == "refused" for c in rec.clients)
         needed = max(1, self.min_accepted, min(self.min_train, len(rec.sampled) - refused))
+        rec.needed = needed
         if rec.accepted < needed:
             log.warning(
                 "round %d: only %d accepted updates (< %d); global model unchanged",
@@ -347,8 +374,11 @@ class EncryptedFedAvg(Strategy):
                 needed,
             )
             return None, None
-        self.global_blob = self._agg.result()
-        rec.global_bytes = len(self.global_blob)
+        self.aggregate_blob = self._agg.result()
+        if self.threshold is None:
+            self.global_blob = self.aggregate_blob
+            rec.global_bytes = len(self.global_blob)
+        # Threshold custody: the global model changes only once T share holders decrypted it.
         return ArrayRecord(), MetricRecord({"accepted": rec.accepted})
 
     def configure_evaluate(
@@ -454,25 +484,45 @@ class EncryptedFedAvg(Strategy):
             assert rec is not None
             refused = [c for c in rec.clients if c.status == "refused"]
             if agg is None:
-                if rec.accepted == 0 and refused and len(refused) == len(rec.sampled):
+                # Refusals alone (budget, policy, data checks) end the run: the devices decided.
+                # A shortfall from failed or rejected replies is a failed run.
+                graceful = bool(refused) and rec.accepted + len(refused) == len(rec.sampled)
+                if graceful:
                     why_all = sorted({c.reason for c in refused})
                     more = f"; and {len(why_all) - 1} other reason(s)" if len(why_all) > 1 else ""
-                    self.stop_reason = (
-                        f"round {rnd}: every sampled client refused ({why_all[0]}{more})"
-                    )
+                    if rec.accepted == 0:
+                        self.stop_reason = (
+                            f"round {rnd}: every sampled client refused ({why_all[0]}{more})"
+                        )
+                    else:
+                        self.stop_reason = (
+                            f"round {rnd}: {len(refused)} of {len(rec.sampled)} clients refused"
+                            f" ({why_all[0]}{more}); {rec.accepted} update(s) left, an aggregate"
+                            f" needs at least {rec.needed}"
+                        )
                 else:
                     reasons = (
                         "; ".join(f"node {c.node_id}: {c.status} ({c.reason})" for c in rec.clients)
                         or "no replies"
                     )
-                    self.stop_reason = f"round {rnd}: {rec.accepted} accepted updates, {self.min_train} needed ({reasons})"
+                    self.stop_reason = (
+                        f"round {rnd}: {rec.accepted} accepted updates, {rec.needed} needed"
+                        f" ({reasons})"
+                    )
                 rec.seconds = time.perf_counter() - t0
                 self.history.append(rec)
                 if self.on_round:
                     self.on_round(rec, None)
-                if rec.accepted == 0 and refused and len(refused) == len(rec.sampled):
+                if graceful:
                     log.warning("%s; stopping", self.stop_reason)
                     break
+                raise RunFailedError(self.stop_reason)
+            if self.threshold is not None and not self.decrypt_round(rnd, grid, rec):
+                # Recorded; the previous global model stays and nothing is retrained.
+                rec.seconds = time.perf_counter() - t0
+                self.history.append(rec)
+                if self.on_round:
+                    self.on_round(rec, None)
                 raise RunFailedError(self.stop_reason)
             ev_msgs = list(self.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid))
             if ev_msgs:

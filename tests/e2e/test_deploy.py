@@ -58,7 +58,6 @@ mode = "record"
 noise_multiplier = 1.0
 max_epsilon = 50.0
 accountant = "rdp"
-noise_seed = 11
 
 [encryption]
 scheme = "bfv"
@@ -71,6 +70,7 @@ FLOWER_NAMES = (
     "flwr-serverapp",
     "flwr-clientapp",
     "fedpriv.deploy.clientapp",
+    "nginx",  # the server's proxy (its title names its folder under the test's root)
 )
 
 
@@ -254,6 +254,10 @@ def _client_cli(root: Path, port: int, i: int, suffix: str = "") -> Cli:
             "3",
             "--connect-timeout",
             "90",
+            # reproducible DP randomness, so the run can be compared with a simulation (tests
+            # only: every record says so and the report marks the run not private)
+            "--insecure-test-seed",
+            "11",
         ],
         root / f"client-{i}.out",
     )
@@ -432,7 +436,7 @@ def test_three_supernodes_two_rounds_match_simulation(
     """TLS + node auth, DP + BFV, 2 rounds: the decrypted models equal simulation's within the bound.
 
     What must be equal for that: every client sampled every round (fraction_train=1), the same
-    partition ids (``--partition-id``), the same seed and DP noise seed. Then each client's
+    partition ids (``--partition-id``), the same seed and the same device test seed. Then each client's
     update is bit-for-bit the same computation in both engines, and the aggregates differ only
     by the BFV stochastic rounding (fresh randomness per encryption), which
     ``HEParams.error_bound`` bounds. Round 2 starts from models that already differ by up to the
@@ -464,7 +468,7 @@ def test_three_supernodes_two_rounds_match_simulation(
     assert ev.returncode == 0, ev.stderr[-3000:]
     dep = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     cfg = load_config(f.cfg_path)
-    sim = simulate(cfg, tmp_path / "sim")
+    sim = simulate(cfg, tmp_path / "sim", insecure_test_seed=11)
     smet = sim.metrics
     sim_codec = _codec(tmp_path / "sim" / "keys" / "client")
     dep_codec = _codec(f.fed / "clients" / "client-0")
@@ -621,7 +625,8 @@ def test_client_without_tls_cannot_connect(federation: Federation, tmp_path: Pat
                 os.killpg(p.pid, signal.SIGKILL)
     text = log.read_text(errors="replace")
     assert rc != 0 and "SuperNode ID" not in text, text[-2000:]
-    assert "Server disconnected without sending a response" in text
+    # the proxy answers plain HTTP on its TLS port with 400 and never forwards it
+    assert "Client error '400 Bad Request'" in text
     # A bundle from another dealer (another CA) cannot verify the server's certificate.
     other = init_federation(
         load_config(f.cfg_path), tmp_path / "other", nodes=1, num_values=650, max_examples=384

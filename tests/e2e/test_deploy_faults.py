@@ -9,8 +9,8 @@ One federation (3 SuperNodes, TLS + node auth, DP-SGD + BFV, 3 rounds, a round c
 2. Right after the server checkpointed round 1, the SuperLink is restarted. Its state is in
    memory, so the run dies with it (and the nodes get new ids); ``fedpriv run`` is stopped.
    The devices are started again (client-2 with its old state folder), and the run is resumed
-   from ``checkpoint.json`` (a run config with the ServerApp's ``resume`` set, see
-   :func:`_submit_resume`) and finishes rounds 2 and 3 with all three clients.
+   from ``checkpoint.json`` with ``fedpriv run --resume --out RUN`` and finishes rounds 2 and 3
+   with all three clients.
 3. A key holder decrypts the final model (``fedpriv client evaluate``): accuracy well above
    chance.
 
@@ -69,25 +69,10 @@ mode = "record"
 noise_multiplier = 1.0
 max_epsilon = 50.0
 accountant = "rdp"
-noise_seed = 13
 
 [encryption]
 scheme = "bfv"
 """
-
-# The deployment ServerApp with ``resume=True``: `fedpriv run` has no resume option (it refuses
-# a non-empty run folder), so the resumed run is submitted with this app (test-only FAB code;
-# the SuperNodes never run FAB code anyway).
-_RESUME_SERVER = '''"""fedpriv deployment ServerApp, resuming from the run folder's checkpoint."""
-
-import dataclasses
-
-from fedpriv.deploy import apps
-
-_settings = apps.deploy_server_settings
-apps.deploy_server_settings = lambda ctx: dataclasses.replace(_settings(ctx), resume=True)
-app = apps.make_deploy_server_app()
-'''
 
 
 def _server_cli(root: Path, port: int, suffix: str = "") -> Cli:
@@ -129,36 +114,36 @@ def _start_clients(root: Path, port: int, env: dict[str, str], count: int) -> di
     return clients
 
 
-def _submit_resume(root: Path, port: int, run_dir: Path) -> tuple[int, str]:
-    """Submit the resumed training run (what `fedpriv run` submits, plus ``resume``)."""
-    from fedpriv.deploy.processes import FlwrCli
-    from fedpriv.deploy.project import write_project
-    from fedpriv.deploy.run import _wait, _write_run_config
+def _resume(root: Path, port: int, run_dir: Path, env: dict[str, str]) -> str:
+    """`fedpriv run --resume --out RUN` on the restarted SuperLink; return its output."""
     from fedpriv.deploy.server import ServerState
 
-    nodes = ServerState(root / "server-state").read_nodes()
+    state = ServerState(root / "server-state")
+    nodes = state.read_nodes()
     assert sorted(nodes) == ["client-0", "client-1", "client-2"], nodes
-    work = root / "resume"
-    project = write_project(work / "app")
-    (project / "fedpriv_deploy_app" / "server_app.py").write_text(_RESUME_SERVER)
-    cli = FlwrCli(work / "flwr-home", f"127.0.0.1:{port}", root / "fed" / "server" / "ca.crt")
-    rc = _write_run_config(
-        work / "train.toml",
-        {
-            "keys-dir": str(root / "fed" / "server"),
-            "run-dir": str(run_dir),
-            "allowed-nodes": ",".join(str(n) for n in sorted(nodes.values())),
-            "node-map": ",".join(f"{c}={n}" for c, n in sorted(nodes.items())),
-            "node-wait-s": 120.0,
-            "fedpriv-task": "train",
-            "fedpriv-config": str(run_dir / "config.toml"),
-        },
+    r = fedpriv(
+        [
+            "run",
+            "--resume",
+            "--superlink",
+            f"127.0.0.1:{port}",
+            "--bundle",
+            "fed/server",
+            "--out",
+            str(run_dir),
+            "--server-state",
+            "server-state",
+            "--node-wait",
+            "120",
+            "--timeout",
+            "300",
+        ],
+        env,
+        root,
+        timeout=400,
     )
-    run_id = cli.submit(project, rc)
-    status = _wait(cli, run_id, timeout=300, poll=2.0)
-    if status != "finished:completed":
-        raise AssertionError(f"resumed run ended {status}:\n{cli.logs(run_id)[-4000:]}")
-    return run_id, status
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    return r.stdout
 
 
 def _checkpoint_round(run_dir: Path) -> int:
@@ -259,7 +244,8 @@ def test_killed_supernode_and_restarted_superlink(tmp_path: Path) -> None:
         assert [r["round"] for r in m1["rounds"]] == [1]
 
         # 3. Resume from the checkpoint on the new SuperLink; rounds 2 and 3 run.
-        _submit_resume(root, port, run_dir)
+        out = _resume(root, port, run_dir, env)
+        assert "finished:completed" in out
         timings["run_done"] = time.monotonic() - t0
 
         m = json.loads((run_dir / "metrics.json").read_text())

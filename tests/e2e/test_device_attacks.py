@@ -268,3 +268,58 @@ def test_two_runs_of_one_config_draw_different_noise(tmp_path: Path) -> None:
     assert not np.allclose(ma, mb, atol=1e-3)
     for run in (a.run_dir, b.run_dir):
         assert {json.loads(e["client_record"])["rng"] for e in _ledger(run)} == {"os-csprng"}
+
+
+def test_ledger_with_the_last_round_dropped_fails_verification(tmp_path: Path) -> None:
+    """Issue 10, through the CLI a data owner and an auditor use: after a real run, each client
+    exports its ledger head; the server drops the last round from the ledger, rebuilds its hash
+    chain and the report (signed again), and deletes the clients' state folders. The rebuilt
+    report verifies on its own, but not against the heads the clients signed."""
+    import shutil
+    import subprocess
+    import sys
+
+    from fedpriv.privacy import HashChainWriter
+
+    run = tmp_path / "ledger"
+    cfg = load_config(None, [*SMALL, "name=ledger"])
+    simulate(cfg, run)
+
+    def fedpriv(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fedpriv.cli.main", *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    heads = []
+    for i in range(3):
+        out = tmp_path / f"client-{i}.head.json"
+        r = fedpriv(
+            "client",
+            "ledger-head",
+            "--state-dir",
+            str(run / "clients" / f"client-{i}"),
+            "--out",
+            str(out),
+        )
+        assert r.returncode == 0, r.stderr
+        heads += ["--client-head", str(out)]
+    assert fedpriv("report", "verify", str(run), *heads).returncode == 0
+    # the attack
+    ledger = run / "privacy_ledger.jsonl"
+    entries = read_chain(ledger)
+    last = max(e["round"] for e in entries)
+    ledger.unlink()
+    w = HashChainWriter(ledger)
+    for e in entries:
+        if e["round"] != last:
+            w.append({k: v for k, v in e.items() if k not in ("seq", "prev", "hash")})
+    shutil.rmtree(run / "clients")
+    assert fedpriv("report", "build", str(run)).returncode == 0
+    alone = fedpriv("report", "verify", str(run))
+    assert alone.returncode == 0 and "[FLAG] client heads" in alone.stdout
+    r = fedpriv("report", "verify", str(run), *heads)
+    assert r.returncode == 9, r.stdout
+    assert "[FAIL] client heads" in r.stdout and "latest rounds are missing" in r.stdout

@@ -18,8 +18,8 @@ from fedpriv.apps import ClientSettings
 from fedpriv.apps.faults import Fault, make_faulty_client_app
 from fedpriv.config import load_config
 from fedpriv.errors import RunFailedError
-from fedpriv.flwr_run import stop_processes_matching
 from fedpriv.privacy import ClientPrivacyState, read_chain
+from fedpriv.runs.flwr_cli import stop_processes_matching
 from fedpriv.simulation import simulate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("no_leftover_processes")]

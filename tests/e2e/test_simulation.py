@@ -17,7 +17,8 @@ from fedpriv.config import load_config
 from fedpriv.data import load_dataset
 from fedpriv.privacy import DpEvent, opacus_epsilon, pld_epsilon, read_chain, verify_chain
 from fedpriv.privacy.training import sample_rate, steps_per_round
-from fedpriv.simulation import partition_sizes, simulate
+from fedpriv.runs.prepare import partition_sizes
+from fedpriv.simulation import simulate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("no_leftover_processes")]
 
@@ -156,30 +157,18 @@ def test_budget_refusal_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
         assert prev and math.isclose(e["epsilon"], prev[-1]["epsilon"])
 
 
-@pytest.mark.slow
-def test_flwr_run_engine_completes_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    """`flwr run .` on the project (our server/ and clients/ apps) through a local SuperLink."""
-    cfg = load_config(
-        None, ["name=viaflwr", "rounds=2", "federation.num_clients=3", "train.model=logreg"]
-    )
-    res = simulate(cfg, tmp_path / "f", engine="flwr")
-    assert res.metrics["engine"] == "flwr" and len(res.metrics["rounds"]) == 2
-    assert res.final_accuracy is not None and res.final_accuracy > 0.3
-
-
 def test_flwr_run_engine_reports_a_failed_run(tmp_path: Path) -> None:
     """A run whose ServerApp fails must come back as a failure, not Flower's exit 0."""
     from fedpriv.errors import RunFailedError
-    from fedpriv.flwr_run import flwr_run_local
-    from fedpriv.simulation import _project_dir
+    from fedpriv.runs import FlowerRunConfig
+    from fedpriv.runs.flwr_cli import flwr_run_local
+    from fedpriv.simulation import project_folder
 
     with pytest.raises(RunFailedError, match="failed"):
-        # no keys were dealt: the ServerApp cannot load public parameters and fails
+        # a key folder that does not exist: the ServerApp cannot load public parameters
         flwr_run_local(
-            _project_dir(None),
-            config_path=None,
-            keys_dir=tmp_path / "nokeys",
-            run_dir=tmp_path / "r",
+            project_folder(None),
+            FlowerRunConfig(keys_dir=str(tmp_path / "nokeys"), run_dir=str(tmp_path / "r")),
             num_supernodes=2,
             timeout=300,
         )

@@ -31,7 +31,11 @@ def test_build_show_verify(run: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "weakest guarantee" in out and "client-2" in out and fp in out
     assert main(["report", "verify", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["ok"] and {c["status"] for c in result["checks"]} <= {"pass", "skip"}
+    assert result["ok"]
+    status = {c["name"]: c["status"] for c in result["checks"]}
+    # a synthetic run has no client state folders: nobody exported a chain head (a warning)
+    assert status.pop("client heads") == "warn"
+    assert set(status.values()) <= {"pass", "skip"}
     doc = json.loads((run / REPORT_JSON).read_text())
     assert doc["roles"]["purpose"] == "study" and doc["retention"]["policy"] == "90 days"
 

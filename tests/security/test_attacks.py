@@ -26,7 +26,6 @@ import copy
 import math
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,11 +59,11 @@ from fedpriv.privacy import (
     train_local,
 )
 from fedpriv.privacy.rng import InsecureTestRandom
+from tests.shared_data import shared_data
 
 # Opacus warns about its non-cryptographic RNG and empty-input backward hooks; both expected.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-MNIST_DIR = Path("/work/shared/data/mnist")
 ATTACK: dict[str, Any] = {"steps": 200, "restarts": 2, "seed": 0}
 
 
@@ -127,11 +126,9 @@ def _norm(ts: list[torch.Tensor]) -> float:
 def target(
     request: pytest.FixtureRequest, digits: tuple[ArrayDataset, ArrayDataset]
 ) -> tuple[ArrayDataset, torch.Tensor, tuple[float, float]]:
-    """One training image (8x8 digit, or 28x28 MNIST when the shared copy is present)."""
+    """One training image (8x8 digit, or 28x28 MNIST from the shared data folder)."""
     if request.param == "mnist":
-        if not MNIST_DIR.is_dir():
-            pytest.skip(f"MNIST not present at {MNIST_DIR}")
-        train, _ = load_dataset(f"mnist:{MNIST_DIR}")
+        train, _ = load_dataset(f"mnist:{shared_data('mnist')}")
     else:
         train, _ = digits
     one = train.subset([0])

@@ -44,7 +44,7 @@ def test_no_server_file_contains_the_he_secret(fed) -> None:  # type: ignore[no-
 def test_server_refuses_a_bundle_that_holds_an_he_secret(fed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Even a dealer-signed server bundle is refused if it carries the secret (a dealer mistake)."""
     from fedpriv.deploy.dealer import _Dealer
-    from fedpriv.deploy.server import start_superlink
+    from fedpriv.deploy.server import start_server
 
     dealer = _Dealer(fed.out)
     src = verify_bundle(fed.server_bundle, kind="server")
@@ -65,7 +65,7 @@ def test_server_refuses_a_bundle_that_holds_an_he_secret(fed, tmp_path: Path) ->
         tmp_path / "server", kind="server", meta=meta, files=files, dealer=dealer.signing_key()
     )
     with pytest.raises(CryptoError, match="must never hold the HE secret"):
-        start_superlink(bad, address="127.0.0.1:1", state_dir=tmp_path / "state")
+        start_server(bad, address="127.0.0.1:1", state_dir=tmp_path / "state")
     assert not (tmp_path / "state" / "logs").exists()  # nothing was started
 
 

@@ -11,9 +11,7 @@ import pytest
 
 from fedpriv.data import ArrayDataset, clear_cache, from_hf_dataset, load_dataset
 from fedpriv.errors import DataError
-
-MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
-
+from tests.shared_data import shared_data
 
 # ---------------------------------------------------------------- ArrayDataset
 
@@ -105,9 +103,8 @@ def test_bad_arguments() -> None:
 # ---------------------------------------------------------------- real MNIST copy
 
 
-@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="offline MNIST copy not present")
 def test_real_mnist_copy() -> None:
-    train, test = load_dataset(f"mnist:{MNIST_DIR}", max_samples=1000, seed=0)
+    train, test = load_dataset(f"mnist:{shared_data('mnist')}", max_samples=1000, seed=0)
     assert (len(train), len(test)) == (1000, 10000)
     assert train.input_shape == test.input_shape == (1, 28, 28)
     np.testing.assert_array_equal(train.class_counts(), [100] * 10)

@@ -30,6 +30,7 @@ from fedpriv.deploy.pki import (
 )
 from fedpriv.deploy.seal import SealContext, open_sealed, seal_secret
 from fedpriv.errors import ConfigError, CryptoError, DataError
+from fedpriv.privacy.policy import DevicePolicy
 
 NUM_VALUES = 650  # logreg on digits
 
@@ -282,11 +283,16 @@ def test_prepare_client_lays_out_owner_only_state(federation, tmp_path: Path) ->
     assert nc["data"] == f"csv:{csv.resolve()}" and nc["client-id"] == "client-1"
     assert nc["keys-dir"] == str(state / "keys") and nc["state-dir"] == str(state)
     assert nc["identity-key"] == nc["node-key"]
+    assert nc["policy"] == str(state / "policy.json") and "insecure-test-seed" not in nc
+    assert prep.policy == DevicePolicy()  # the defaults when the owner gives none
     capped = prepare_client(
-        federation.client_bundles["client-1"], data="digits", state_dir=state, max_epsilon=3.5
+        federation.client_bundles["client-1"],
+        data="digits",
+        state_dir=state,
+        policy=DevicePolicy().tighten(max_epsilon=3.5),
     )
-    nc2 = tomllib.loads(capped.node_config.read_text())
-    assert nc2["max-epsilon"] == 3.5 and nc2["max-delta"] == 1e-5
+    assert capped.policy.max_epsilon == 3.5 and capped.policy.max_delta == 1e-5
+    assert (state / "policy.json").stat().st_mode & 0o777 == 0o600
     with pytest.raises(ConfigError, match="--data"):
         prepare_client(federation.client_bundles["client-1"], data=None, state_dir=state)
     with pytest.raises(DataError):
@@ -336,19 +342,27 @@ def test_project_builds_a_tiny_fab_with_the_run_config_keys(tmp_path: Path) -> N
 
     from flwr.cli.build import build_fab_from_disk
 
-    from fedpriv.deploy.project import APP_CONFIG_KEYS, write_project
+    from fedpriv.deploy.project import write_project
+    from fedpriv.runs import FlowerRunConfig
 
     root = write_project(tmp_path / "app")
     fab = build_fab_from_disk(root)
     assert len(fab) < 10_000
     cfg = tomllib.loads((root / "pyproject.toml").read_text())
-    assert set(cfg["tool"]["flwr"]["app"]["config"]) == set(APP_CONFIG_KEYS)
+    assert cfg["tool"]["flwr"]["app"]["config"] == FlowerRunConfig().to_mapping()
 
 
 def test_allow_list_grid_hides_and_refuses_unknown_nodes() -> None:
     from types import SimpleNamespace
 
-    from fedpriv.deploy.apps import AllowListGrid, parse_allowed_nodes, parse_node_map
+    from fedpriv.deploy.apps import AllowListGrid
+    from fedpriv.runs import FlowerRunConfig
+
+    def parse_allowed_nodes(text: str) -> set[int]:
+        return FlowerRunConfig(allowed_nodes=text).allowed_node_ids()
+
+    def parse_node_map(text: str) -> dict[str, int]:
+        return FlowerRunConfig(node_map=text).node_ids()
 
     def msg(node: int) -> SimpleNamespace:
         return SimpleNamespace(metadata=SimpleNamespace(dst_node_id=node))
@@ -417,8 +431,7 @@ def test_managed_process_stops_its_whole_tree(tmp_path: Path) -> None:
 
 def test_warm_shim_runs_cold_without_a_server(tmp_path: Path) -> None:
     """With no warm server the shim execs the ClientApp runner (here: its --help)."""
-    from fedpriv.deploy.clientapp import install_shim
-    from fedpriv.deploy.warm import SOCKET_ENV
+    from fedpriv.deploy.warm import SOCKET_ENV, install_shim
 
     shim = install_shim(tmp_path / "bin")
     env = {k: v for k, v in os.environ.items() if k != SOCKET_ENV}
@@ -435,8 +448,7 @@ def test_warm_shim_runs_cold_without_a_server(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_warm_server_forks_a_child_per_request_and_relays_its_status(tmp_path: Path) -> None:
-    from fedpriv.deploy.clientapp import install_shim
-    from fedpriv.deploy.warm import SOCKET_ENV
+    from fedpriv.deploy.warm import SOCKET_ENV, install_shim
 
     sock = tmp_path / "w.sock"
     srv = subprocess.Popen(
@@ -468,44 +480,28 @@ def test_warm_server_forks_a_child_per_request_and_relays_its_status(tmp_path: P
     assert not sock.exists()
 
 
-def test_device_limits_override_the_runs_budget() -> None:
-    """The run's config comes from the server; the device's own cap and delta win."""
-    from types import SimpleNamespace
-
-    from flwr.app import ConfigRecord, RecordDict
-
-    from fedpriv.config import config_to_dict
-    from fedpriv.deploy.apps import apply_device_limits
-    from fedpriv.errors import WireError
-
-    def msg(**privacy: object) -> SimpleNamespace:
-        d = config_to_dict(load_config(None))
-        d["privacy"].update(privacy)
-        rec = ConfigRecord({"fedpriv-config": json.dumps(d)})
-        return SimpleNamespace(content=RecordDict({"config": rec}))
-
-    def ctx(**nc: object) -> SimpleNamespace:
-        return SimpleNamespace(node_config=nc)
-
-    def budget(m: SimpleNamespace) -> float:
-        return float(
-            json.loads(m.content.config_records["config"]["fedpriv-config"])["privacy"][
-                "max_epsilon"
-            ]
-        )
-
-    m = msg(max_epsilon=1000.0)
-    apply_device_limits(m, ctx())  # type: ignore[arg-type]
-    assert budget(m) == 1000.0  # no device cap: the run's value stands
-    apply_device_limits(m, ctx(**{"max-epsilon": 4.0}))  # type: ignore[arg-type]
-    assert budget(m) == 4.0
-    m = msg(max_epsilon=2.0)
-    apply_device_limits(m, ctx(**{"max-epsilon": 4.0}))  # type: ignore[arg-type]
-    assert budget(m) == 2.0  # a stricter run stays stricter
-    with pytest.raises(WireError, match="record-level DP"):
-        apply_device_limits(msg(mode="off"), ctx(**{"max-epsilon": 4.0}))  # type: ignore[arg-type]
-    with pytest.raises(WireError, match="delta"):
-        apply_device_limits(msg(delta=0.1), ctx(**{"max-epsilon": 4.0}))  # type: ignore[arg-type]
+def test_device_policy_takes_requests_only_when_they_are_at_least_as_private() -> None:
+    """The run's config comes from the server: a request may tighten the device's bounds, never
+    loosen them (issue 10)."""
+    policy = DevicePolicy().tighten(max_epsilon=4.0, min_noise_multiplier=0.8)
+    ok = load_config(None, ["privacy.max_epsilon=1000", "privacy.noise_multiplier=1.0"])
+    assert policy.review(ok, 1.0) == []
+    lim = policy.limits(ok)
+    assert lim.max_epsilon == 4.0 and lim.k_min >= 2  # the device's cap wins over 1000
+    stricter = load_config(None, ["privacy.max_epsilon=2", "privacy.target_epsilon=2"])
+    assert policy.limits(stricter).max_epsilon == 2.0
+    assert any("privacy.mode" in v for v in policy.review(load_config(None, ["privacy.mode=off"])))
+    assert any("delta" in v for v in policy.review(load_config(None, ["privacy.delta=0.1"])))
+    assert any("noise multiplier" in v for v in policy.review(ok, 0.5))
+    assert any(
+        "encryption.scheme" in v
+        for v in policy.review(load_config(None, ["encryption.scheme=off"]), 1.0)
+    )
+    # a bound can only get stricter
+    assert policy.tighten(max_epsilon=100.0).max_epsilon == 4.0
+    assert DevicePolicy.from_dict(policy.to_dict()) == policy
+    with pytest.raises(ConfigError, match="unknown key"):
+        DevicePolicy.from_dict({"max_epsilon": 1.0, "noise_seed": 3})
 
 
 def test_managed_process_stops_children_orphaned_before_the_stop(tmp_path: Path) -> None:

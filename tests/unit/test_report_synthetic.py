@@ -19,7 +19,10 @@ import pytest
 import tomli_w
 
 from fedpriv.config import config_hash, config_to_dict, load_config
+from fedpriv.crypto.identity import public_openssh, sign_record
 from fedpriv.privacy import DpEvent, HashChainWriter, compress_history
+from fedpriv.privacy.client_level import replace_one_epsilon
+from fedpriv.privacy.ledger import GENESIS, RECORD_FORMAT, make_record
 from fedpriv.privacy.training import sample_rate, steps_per_round
 from fedpriv.report import (
     REPORT_HTML,
@@ -56,11 +59,13 @@ def make_run(
     sigma: float = 1.1,
     overrides: tuple[str, ...] = (),
     eps_scale: float = 1.0,
+    rng: str = "os-csprng",
 ) -> Path:
     """Write a run folder as the RunRecorder would, for ``clients`` clients over ``rounds``.
 
     ``overrides`` are extra ``--set`` items; ``eps_scale`` multiplies the epsilon each client
-    records (below 1: a client that under-reports, for the PLD cross-check).
+    records (below 1: a client that under-reports, for the PLD cross-check); ``rng`` is the DP
+    randomness each client's record names (``insecure-test-seed``: a test-seeded, non-private run).
     """
     cfg = load_config(
         None,
@@ -117,6 +122,13 @@ def make_run(
     egress = HashChainWriter(root / "egress.jsonl")
     names = ids or tuple(f"client-{i}" for i in range(clients))
     history: dict[str, list[DpEvent]] = {c: [] for c in names}
+    # Every client signs its own record of every round (what fedpriv's ClientApp does).
+    keys = {c: _identity(c) for c in names}
+    (root / "keys" / "server" / "identities.json").write_text(
+        json.dumps({c: public_openssh(k) for c, k in keys.items()}, indent=2, sort_keys=True)
+    )
+    chain = {c: (0, GENESIS) for c in names}
+    run_id = "synthetic-run"
     out_rounds = []
     for rnd in range(1, rounds + 1):
         entries: dict[str, Any] = {}
@@ -131,6 +143,47 @@ def make_run(
             eps = opacus_eps(p.accountant, p.delta, history_key(history[cid])) if dp else 0.0
             eps *= eps_scale
             trained = not refused
+            cl_eps = (
+                replace_one_epsilon(1.2, len(names), len(names), rnd, 1e-5)
+                if mode in ("client", "both")
+                else None
+            )
+            seq, prev = chain[cid]
+            record, digest = make_record(
+                RECORD_FORMAT,
+                {
+                    "run_id": run_id,
+                    "round": rnd,
+                    "client_id": cid,
+                    "node_id": 1000 + i,
+                    "seq": seq,
+                    "prev": prev,
+                    "status": "refused" if refused else "trained",
+                    "reason": "refused: over budget" if refused else "",
+                    "privacy_mode": mode,
+                    "event": [sigma, sample_rate(n, t.batch_size), steps]
+                    if dp and trained
+                    else None,
+                    "history": [e.as_list() for e in history[cid]],
+                    "epsilon": eps,
+                    "lifetime_epsilon": eps,
+                    "delta": p.delta,
+                    "accountant": p.accountant,
+                    "rng": rng,
+                    "client_level": {
+                        "epsilon": cl_eps,
+                        "epsilon_vs_server": replace_one_epsilon(1.2, 1, 1, rnd, 1e-5),
+                        "participations": rnd,
+                    }
+                    if cl_eps is not None
+                    else None,
+                    "aggregate_count": len(names) if rnd > 1 else 0,
+                    "update_sha256": "",
+                    "update_bytes": 0,
+                    "metrics_sha256": "",
+                },
+            )
+            chain[cid] = (seq + 1, digest)
             ledger.append(
                 {
                     "time": "2026-01-02T03:05:00Z",
@@ -147,9 +200,10 @@ def make_run(
                     "epsilon": eps,
                     "history": [e.as_list() for e in history[cid]],
                     "reason": "refused: over budget" if refused else "",
-                    "client_level_epsilon": opacus_eps(p.accountant, 1e-5, ((1.2, 1.0, rnd),))
-                    if mode in ("client", "both")
-                    else None,
+                    "client_level_epsilon": cl_eps,
+                    "rng": rng,
+                    "client_record": record,
+                    "client_signature": sign_record(keys[cid], digest).hex(),
                 }
             )
             size = 0
@@ -159,6 +213,8 @@ def make_run(
                     {
                         "round": rnd,
                         "client_id": cid,
+                        "message": "train-reply",
+                        "part": "update",
                         "kind": "model-update",
                         "bytes": size,
                         "sha256": hashlib.sha256(f"{rnd}{cid}".encode()).hexdigest(),
@@ -171,6 +227,8 @@ def make_run(
                 {
                     "round": rnd,
                     "client_id": cid,
+                    "message": "train-reply",
+                    "part": "metrics",
                     "kind": "train-metrics",
                     "bytes": 300 + i,
                     "sha256": hashlib.sha256(f"m{rnd}{cid}".encode()).hexdigest(),
@@ -219,6 +277,8 @@ def make_run(
         header["client_level"] = {
             "noise_multiplier": 1.2,
             "sample_rate": 1.0,
+            "num_clients": len(names),
+            "per_round": len(names),
             "clip_norm": 1.0,
             "k_min": len(names),
             "delta": 1e-5,
@@ -236,6 +296,13 @@ def make_run(
     }
     (root / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return root
+
+
+def _identity(cid: str) -> Any:
+    """A fixed Ed25519 identity per client id (deterministic, so reports are reproducible)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.from_private_bytes(hashlib.sha256(cid.encode()).digest())
 
 
 def _report(root: Path) -> dict[str, Any]:
@@ -266,7 +333,7 @@ def test_dp_bfv_report_validates_signs_and_verifies(tmp_path: Path, fedpriv_home
     assert "PRIVATE" not in (run / REPORT_JSON).read_text()
     # every client's reported epsilon is the ledger's, and PLD agrees within tolerance
     acct = doc["accounting"]
-    assert acct["cross_check"]["all_within_tolerance"] is True
+    assert acct["cross_check"]["all_at_or_above_lower_bound"] is True
     assert doc["summary"]["epsilon_max"] == max(c["epsilon"] for c in acct["per_client"])
     assert len(doc["egress"]["messages"]) == doc["identification"]["chains"]["egress"]["lines"]
     result = verify_run(run)

@@ -9,7 +9,7 @@ from typing import Any
 
 from fedpriv.privacy.accounting import DpEvent
 from fedpriv.report.canonical import finite
-from fedpriv.report.epsilon import PLD_TOLERANCE, history_key, opacus_eps, pld_eps
+from fedpriv.report.epsilon import history_key, pld_bounds
 from fedpriv.report.facts import RunFacts, client_sort_key
 from fedpriv.report.markup import eps_text, esc, kv, pill, table
 from fedpriv.report.sections.base import Section
@@ -21,41 +21,73 @@ __all__ = ["SECTIONS"]
 def _client_level(f: RunFacts) -> dict[str, Any] | None:
     """Client-level DP (distributed discrete Gaussian under BFV) as planned and charged.
 
-    The run charges one Poisson-subsampled Gaussian step (z, q) per round that ran, whoever took
-    part, so the run's client-level epsilon after R rounds is that of [[z, q, R]].
+    Every round that ran is one Gaussian release of the sum, on a fixed-size sample of clients
+    drawn without replacement; the aggregate releases the exact count, so neighbours differ by
+    replacing one client's data (dp-accounting RDP, ``REPLACE_ONE``). Against the server, which
+    picked the sample, there is no amplification: each client's records carry that epsilon too.
     """
+    from fedpriv.privacy.client_level import replace_one_epsilon
+
     plan = f.client_level
     if plan is None:
         return None
     z, q = float(plan["noise_multiplier"]), float(plan["sample_rate"])
+    n = int(plan.get("num_clients", 0) or 0)
+    m = int(plan.get("per_round", 0) or 0)
     delta = float(plan["delta"])
     rounds = max((int(r["round"]) for r in f.rounds), default=0)
-    acc = str(f.metrics.get("accountant", "prv"))
-    hist = [DpEvent(z, q, rounds)] if rounds else []
+    vs_server = [
+        float((r.get("client_level") or {}).get("epsilon_vs_server", 0.0))
+        for r in f.client_records
+        if r.get("client_level")
+    ]
     from_ledger = [
         float(e["client_level_epsilon"])
         for e in f.ledger.entries
         if e.get("client_level_epsilon") is not None
     ]
+    eps = replace_one_epsilon(z, n, m, rounds, delta) if n and m else math.inf
     return {
         "noise_multiplier": z,
         "sample_rate": q,
+        "num_clients": n,
+        "per_round": m,
         "clip_norm": float(plan["clip_norm"]),
         "k_min": int(plan["k_min"]),
         "delta": delta,
         "max_epsilon": float(plan["max_epsilon"]),
-        "accountant": acc,
+        "accountant": "rdp",
+        "accountant_library": f"dp-accounting {f.environment.version('dp-accounting')}",
         "rounds_charged": rounds,
-        "history": [e.as_list() for e in hist],
-        "epsilon": finite(opacus_eps(acc, delta, history_key(hist))),
-        "epsilon_pld": finite(pld_eps(delta, history_key(hist))),
+        "epsilon": finite(eps),
+        "epsilon_vs_server_max": finite(max(vs_server)) if vs_server else None,
         "epsilon_ledger_max": finite(max(from_ledger)) if from_ledger else None,
-        "adjacency": "add/remove one client (all of its data)",
-        "noise": "each client adds a discrete-Gaussian share (std z*C/sqrt(k_min), from the OS"
-        " CSPRNG) before BFV encryption; only sums of at least k_min updates are used",
-        "approximations": "clients are sampled as a fixed-size set, accounted as Poisson with"
-        " q = clients per round / clients; a sum of discrete Gaussians is close to, not exactly,"
-        " a discrete Gaussian",
+        "adjacency": "replace one client (all of its data): the aggregate releases its exact"
+        " number of summands",
+        "sensitivity": "2 (C + sqrt(d)/s): two clipped updates differ by at most 2C, and"
+        " stochastic rounding adds at most sqrt(d) quantization units per client",
+        "noise": "each client adds a discrete-Gaussian share (std z*Delta/sqrt(k_min), from the"
+        " OS CSPRNG) before BFV encryption; only sums of at least k_min updates are used",
+        "approximations": "a sum of discrete Gaussians is close to, not exactly, a discrete"
+        " Gaussian (Kairouz, Liu and Steinke 2021 bound the gap)",
+        "sampling": "fixed-size sample of the clients each round, without replacement, drawn by"
+        " the server from the OS CSPRNG: the amplification holds against parties who do not know"
+        " the sample, not against the server (see epsilon_vs_server_max)",
+    }
+
+
+def _client_records(f: RunFacts) -> dict[str, Any]:
+    """What the clients themselves signed: every ledger line's record and who signed it."""
+    signed = sum(1 for e in f.ledger.entries if e.get("client_record"))
+    return {
+        "signed_lines": signed,
+        "unsigned_lines": f.ledger.lines - signed,
+        "registry_sha256": str(f.metrics.get("identity_registry_sha256") or "") or None,
+        "rng": sorted({str(r.get("rng")) for r in f.client_records}),
+        "rule": "each line carries the client's own record (round, status, DP history, epsilon,"
+        " hash of its previous record) signed with its identity key; fedpriv report verify"
+        " checks every signature against the registry and each client's chain against the heads"
+        " the clients export (fedpriv client ledger-head)",
     }
 
 
@@ -110,14 +142,17 @@ def build_accounting(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
         hist_raw = (last or {}).get("history") or []
         eps = finite((last or {}).get("epsilon", 0.0)) if dp else None
         eps_pld: float | str | None = None
+        eps_low: float | str | None = None
         if dp:
             hist = [DpEvent.from_any(h) for h in hist_raw]
-            eps_pld = finite(pld_eps(pld_delta, history_key(hist)))
+            low, high = pld_bounds(pld_delta, history_key(hist))
+            eps_pld, eps_low = finite(high), finite(low)
         per_client.append(
             {
                 "client_id": c.client_id,
                 "epsilon": eps,
                 "epsilon_pld": eps_pld,
+                "epsilon_pld_lower": eps_low,
                 "history": [list(h) for h in hist_raw] if dp else [],
                 "rounds_trained": c.rounds_trained,
                 "ledger_seq": int(last["seq"]) if last else None,
@@ -147,16 +182,24 @@ def build_accounting(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
         if pc["epsilon"] is not None
     ]
     within = None
+    gap = None
     if dp:
         within = all(
-            pc["epsilon_pld"] is None
+            pc["epsilon_pld_lower"] is None
             or pc["epsilon"] == "inf"
             or (
-                pc["epsilon_pld"] != "inf"
-                and float(pc["epsilon"]) >= float(pc["epsilon_pld"]) * (1 - PLD_TOLERANCE)
+                pc["epsilon_pld_lower"] != "inf"
+                and float(pc["epsilon"]) >= float(pc["epsilon_pld_lower"]) * (1 - 1e-9)
             )
             for pc in per_client
         )
+        gaps = [
+            float(pc["epsilon_pld"]) - float(pc["epsilon_pld_lower"])
+            for pc in per_client
+            if pc["epsilon_pld"] not in (None, "inf")
+            and pc["epsilon_pld_lower"] not in (None, "inf")
+        ]
+        gap = max(gaps) if gaps else None
     biggest = max((c.records or 0) for c in f.clients) if f.clients else 0
     rationale = None
     if delta is not None:
@@ -179,10 +222,11 @@ def build_accounting(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
             "accountant": "pld",
             "library": f"dp-accounting {env.version('dp-accounting')}",
             "value_discretization_interval": 1e-4,
-            "relative_tolerance": PLD_TOLERANCE,
-            "all_within_tolerance": within,
-            "rule": "a reported epsilon more than the tolerance below the PLD epsilon fails"
-            " verification (PLD is usually slightly tighter than PRV)",
+            "discretisation_gap_max": finite(gap) if gap is not None else None,
+            "all_at_or_above_lower_bound": within,
+            "rule": "the PLD is discretised once rounding down (a rigorous lower bound on the true"
+            " epsilon) and once rounding up (an upper bound); a reported epsilon below the lower"
+            " bound fails verification, with no other tolerance",
         }
         if dp
         else None,
@@ -196,6 +240,7 @@ def build_accounting(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
         "recompute": "fedpriv report verify RUN_DIR (or feed each history [sigma, q, steps] to"
         " any accountant for the Poisson-subsampled Gaussian mechanism)",
         "client_level": _client_level(f),
+        "client_records": _client_records(f),
         # Only in distributed runs (the key is optional in schema 1.x).
         **({"distributed": _distributed(f, per_client)} if f.distributed is not None else {}),
     }
@@ -208,18 +253,21 @@ def _render_client_level(a: Mapping[str, Any]) -> str:
     return "<p><b>Client-level DP</b> (the aggregate of each round)</p>" + kv(
         [
             ("adjacency", esc(cl["adjacency"])),
+            ("sensitivity", esc(cl["sensitivity"])),
             (
                 "mechanism",
                 f"clip norm {esc(cl['clip_norm'])}, noise multiplier"
                 f" z = {esc(format(cl['noise_multiplier'], '.4f'))},"
-                f" q = {esc(format(cl['sample_rate'], '.4g'))}, at least"
+                f" {esc(cl['per_round'])} of {esc(cl['num_clients'])} clients per round, at least"
                 f" k_min = {esc(cl['k_min'])} updates per sum. {esc(cl['noise'])}",
             ),
+            ("sampling", esc(cl["sampling"])),
             (
                 "\u03b5 after the run",
-                f"{esc(eps_text(cl['epsilon']))} ({esc(cl['accountant'].upper())}), PLD"
-                f" cross-check {esc(eps_text(cl['epsilon_pld']))}, \u03b4 = {esc(cl['delta'])},"
-                f" over {esc(cl['rounds_charged'])} round(s); budget {esc(cl['max_epsilon'])}",
+                f"{esc(eps_text(cl['epsilon']))} ({esc(cl['accountant_library'])} RDP),"
+                f" \u03b4 = {esc(cl['delta'])}, over {esc(cl['rounds_charged'])} round(s);"
+                f" budget {esc(cl['max_epsilon'])}; against the server (no amplification):"
+                f" up to {esc(eps_text(cl['epsilon_vs_server_max']))}",
             ),
             ("approximations", esc(cl["approximations"])),
         ]
@@ -258,10 +306,16 @@ def render_accounting(r: Mapping[str, Any]) -> str:
             ),
             (
                 "cross-check",
-                f"{esc(cc['accountant'].upper())} ({esc(cc['library'])}), relative tolerance"
-                f" {esc(cc['relative_tolerance'])}: "
-                + pill(cc["all_within_tolerance"], "all within", "NOT all within")
+                f"{esc(cc['accountant'].upper())} ({esc(cc['library'])}), discretisation gap at"
+                f" most {esc(eps_text(cc['discretisation_gap_max']))}: "
+                + pill(cc["all_at_or_above_lower_bound"], "all at or above", "NOT all at or above")
                 + f" <span class='source'>{esc(cc['rule'])}</span>",
+            ),
+            (
+                "client records",
+                f"{esc(a['client_records']['signed_lines'])} ledger lines signed by their clients,"
+                f" {esc(a['client_records']['unsigned_lines'])} unsigned; DP randomness: "
+                f"{esc(', '.join(a['client_records']['rng']) or 'n/a')}",
             ),
             ("recompute", f"<code>{esc(a['recompute'])}</code>"),
         ]
@@ -275,7 +329,7 @@ def render_accounting(r: Mapping[str, Any]) -> str:
             [
                 esc(c["client_id"]),
                 esc(eps_text(c["epsilon"])),
-                esc(eps_text(c["epsilon_pld"])),
+                esc(f"{eps_text(c['epsilon_pld_lower'])} .. {eps_text(c['epsilon_pld'])}"),
                 f'<span class="pill {tone}">tier {esc(tier)}</span>',
                 f"<code>{esc(hist)}</code>",
             ]
@@ -284,7 +338,7 @@ def render_accounting(r: Mapping[str, Any]) -> str:
         [
             "client",
             f"\u03b5 ({a['accountant'].upper()}, reported)",
-            "\u03b5 (PLD cross-check)",
+            "\u03b5 (PLD lower .. upper bound)",
             "tier",
             "history [\u03c3, q, steps]",
         ],
@@ -330,7 +384,12 @@ def build_budget_policy(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
     cl = acct["client_level"]
     common: dict[str, Any] = {
         "refusals": refusals,
-        "clients_at_budget": sorted({r["client_id"] for r in refusals}, key=client_sort_key),
+        # Only budget refusals ("refused: ... epsilon ...") mean a spent budget; a device that
+        # refused a request outside its policy, an aggregate, or its own bad data is not at it.
+        "clients_at_budget": sorted(
+            {r["client_id"] for r in refusals if str(r["reason"]).startswith("refused:")},
+            key=client_sort_key,
+        ),
         "client_max_epsilon": cl["max_epsilon"] if cl else None,
         "client_on_reach": (
             "Before each round the server computes the client-level epsilon the round would"

@@ -105,6 +105,8 @@ def build_egress(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
             "seq": int(e["seq"]),
             "round": int(e["round"]),
             "client_id": str(e["client_id"]),
+            "message": str(e.get("message", "")),
+            "part": str(e.get("part", "")),
             "kind": str(e["kind"]),
             "bytes": int(e["bytes"]),
             "sha256": str(e.get("sha256") or ""),
@@ -128,6 +130,11 @@ def build_egress(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
     desc = {
         "model-update": _update_content(f.scheme, int(f.metrics.get("num_values", 0))),
         "train-metrics": "plaintext metric record: " + ", ".join(TRAIN_METRIC_KEYS),
+        "client-record": "the client's signed record: round, status, DP history [sigma, q, steps]"
+        " (q = 1/ceil(n/B) reveals the local data size within a batch), epsilon, digests",
+        "identity": "client id and signature",
+        "refusal": "why the client refused (plaintext)",
+        "eval-metrics": "local test-split size, loss and accuracy of the global model",
     }
     summary = [
         {
@@ -159,12 +166,13 @@ def build_egress(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
         "messages": messages,
         "not_in_record": [
             {
-                "kind": "evaluate-reply",
-                "content": "local test-split size, loss and accuracy of the global model",
+                "kind": "flower-framing",
+                "content": "Flower's message envelope: run, node and message ids, timestamps,"
+                " record names",
                 "encrypted": False,
                 "dp_protected": False,
-                "note": "sent to the server each round a client evaluates; the egress record does"
-                " not log these replies (aggregates are in metrics.json)",
+                "note": "carried by every message; the egress record counts the payload parts"
+                " fedpriv puts in it, every one of them (train and evaluation replies)",
             }
         ],
         "totals": {

@@ -104,6 +104,9 @@ def render_identification(r: Mapping[str, Any]) -> str:
 
 def build_roles(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
     he, sim, opts = f.he_on, f.simulation, f.options
+    threshold = f.config.get("encryption", {}).get("key_custody") == "threshold"
+    # `flwr run` without keys-dir: the ServerApp dealt the keys, so the server held the secret
+    dealer = str(f.metrics.get("key_dealer") or "")
     parties = [
         {
             "role": "controller",
@@ -114,9 +117,13 @@ def build_roles(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
         {
             "role": "server operator (aggregator)",
             "who": "the party running the Flower ServerApp",
-            "holds": "public encryption parameters only (keys/server); no secret key"
-            if he
-            else "nothing secret: encryption was off",
+            "holds": (
+                "in this run also the HE secret: " + dealer
+                if he and dealer
+                else "public encryption parameters only (keys/server); no secret key"
+                if he
+                else "nothing secret: encryption was off"
+            ),
             "can_see": (
                 "encrypted updates and their sizes, the encrypted running sum, plaintext"
                 " training and evaluation metrics"
@@ -127,16 +134,25 @@ def build_roles(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
         {
             "role": "data owners (clients)",
             "who": f"{len({e.get('client_id') for e in f.ledger.entries})} sites, one per client id",
-            "holds": "their own records (never sent), the shared HE secret key, their privacy state"
+            "holds": (
+                "their own records (never sent), one share of the HE secret and the federation's"
+                " mask key, their privacy state and policy"
+                if threshold
+                else "their own records (never sent), the shared HE secret key, their privacy state"
+                " and policy"
+            )
             if he
-            else "their own records (never sent) and their privacy state",
+            else "their own records (never sent), their privacy state and policy",
             "can_see": "every decrypted global model" if he else "every global model",
         },
         {
             "role": "key dealer",
-            "who": "fedpriv simulate (acting for the data owners)"
-            if sim
-            else "whoever ran `fedpriv keys init` for the data owners",
+            "who": dealer
+            or (
+                "fedpriv simulate (acting for the data owners)"
+                if sim
+                else "whoever ran `fedpriv keys init` for the data owners"
+            ),
             "holds": "created the HE secret and handed it to the clients only" if he else "nothing",
             "can_see": "what a client sees",
         },

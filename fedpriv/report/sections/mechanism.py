@@ -64,7 +64,7 @@ def build_privacy_unit(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
                 "All the data of one client (client-level DP on the aggregate)"
                 + ("; in addition, each record by record-level DP-SGD." if both else ".")
             ),
-            "adjacency": "add/remove one client"
+            "adjacency": "replace one client (the aggregate releases its number of summands)"
             + ("; add/remove one record (Poisson subsampling)" if both else ""),
             "threat_model": [
                 "The client-level guarantee covers what the aggregate reveals: every global"
@@ -113,9 +113,12 @@ def build_privacy_unit(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
             " persisted and never reset.",
             "Not covered: the plaintext metrics listed under 'releases not covered', side"
             " channels (timing, message sizes), and the device itself.",
-            "The DP noise comes from torch's default generator (Mersenne Twister) seeded from"
-            " OS entropy: not a cryptographically secure generator (Opacus' secure_mode needs"
-            " torchcsprng, unavailable for this torch).",
+            "Every random draw of the mechanism (Poisson sampling masks, Gaussian noise,"
+            " stochastic rounding) is made on the device from its OS CSPRNG; nothing the server"
+            " sends can seed it. A device that sets a test seed itself is named in the records"
+            " and the run is marked not private.",
+            "A device's policy bounds what any run may ask of it (modes, delta, noise, k_min,"
+            " per-run and lifetime epsilon): requests outside it are refused and recorded.",
         ],
         "covered_outputs": [
             "every encrypted model update each client sent",
@@ -143,7 +146,6 @@ def render_privacy_unit(r: Mapping[str, Any]) -> str:
 
 def build_mechanism(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
     p, t = f.privacy, f.train
-    seed = int(p.get("noise_seed", -1))
     per_client = []
     for c in f.clients:
         # Without DP-SGD there is no sampling rate or noise to report, only steps.
@@ -191,14 +193,18 @@ def build_mechanism(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
         if f.record_dp
         else None,
         "rng": {
-            "cryptographically_secure": False,
-            "generator": "torch.Generator (Mersenne Twister), one per client per round",
-            "seeded_from": "63 bits from the OS (secrets.randbits)"
-            if seed < 0
-            else f"a FIXED seed ({seed}): anyone who knows it can remove the noise",
-            "fixed_seed": seed >= 0,
-            "note": "Opacus secure_mode needs torchcsprng, which cannot be installed for this"
-            " torch: the noise is not from a cryptographically secure generator.",
+            "cryptographically_secure": not f.test_seeded,
+            "generator": "the device's OS CSPRNG (os.urandom): Poisson sampling masks, stochastic"
+            " rounding and noise shares directly; Opacus' Gaussian noise from torch's MT19937"
+            " generator whose whole 19,937-bit state is filled from os.urandom each round, with"
+            " Opacus' secure-mode construction (four draws per coordinate) against"
+            " floating-point attacks",
+            "seeded_from": "os.urandom on each device, never anything from the network"
+            if not f.test_seeded
+            else "a FIXED test seed on " + ", ".join(f.test_seeded) + ": NOT private",
+            "fixed_seed": bool(f.test_seeded),
+            "note": "each client signs which source it used in every ledger record;"
+            " fedpriv report verify fails a run in which any client used a test seed",
         },
         "per_client": per_client,
         "client_level": (

@@ -39,9 +39,9 @@ def build_releases(f: RunFacts, done: Mapping[str, Any]) -> list[dict[str, Any]]
         {
             "release": "federated evaluation replies",
             "recipient": "server operator",
-            "content": "size of each client's local test split, loss and accuracy",
-            "why_not_covered": "computed on local test records without noise; not logged in the"
-            " egress record",
+            "content": "size of each client's local test split, loss and accuracy (signed)",
+            "why_not_covered": "computed on local test records without noise (every reply is in"
+            " the egress record)",
         },
         {
             "release": "held-out evaluation",
@@ -69,8 +69,8 @@ def build_releases(f: RunFacts, done: Mapping[str, Any]) -> list[dict[str, Any]]
         out.insert(
             0,
             {
-                "release": "the DP noise itself (fixed noise seed)",
-                "recipient": "anyone who knows privacy.noise_seed",
+                "release": "the DP noise itself (a device's fixed test seed)",
+                "recipient": "anyone who knows the test seed of " + ", ".join(f.test_seeded),
                 "content": "the noise added to every update can be regenerated and subtracted",
                 "why_not_covered": "a fixed seed voids the guarantee: use it for tests only",
             },

@@ -10,7 +10,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from fedpriv.report.epsilon import PLD_TOLERANCE
 from fedpriv.report.facts import RunFacts
 from fedpriv.report.markup import TIER_CLASS, eps_text, esc, num, pct, size_text, ul
 from fedpriv.report.tiers import TIER_SOURCE, TIERS, epsilon_tier
@@ -86,22 +85,28 @@ def build_summary(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
         weakest = strongest = "No formal guarantee for any client (no differential privacy)."
     warnings = []
     if f.fixed_noise_seed:
-        warnings.append("A fixed DP noise seed was used: the epsilon guarantee does not hold.")
-    if f.record_dp and acct["cross_check"] and acct["cross_check"]["all_within_tolerance"] is False:
         warnings.append(
-            "A reported epsilon is below the independent PLD recomputation beyond tolerance."
+            "NOT PRIVATE: devices drew their DP randomness from a fixed test seed ("
+            + ", ".join(f.test_seeded)
+            + "): the epsilon guarantee does not hold."
+        )
+    if (
+        f.record_dp
+        and acct["cross_check"]
+        and acct["cross_check"]["all_at_or_above_lower_bound"] is False
+    ):
+        warnings.append(
+            "A reported epsilon is below the lower bound an independent PLD accountant proves."
         )
     if not f.he_on:
         warnings.append("Updates were not encrypted.")
     if not f.record_dp and cl is None:
         warnings.append("No differential privacy.")
-    if (
-        cl
-        and cl["epsilon_pld"] not in (None, "inf")
-        and cl["epsilon"] != "inf"
-        and float(cl["epsilon"]) < float(cl["epsilon_pld"]) * (1 - PLD_TOLERANCE)
-    ):
-        warnings.append("The client-level epsilon is below its PLD recomputation.")
+    if acct["client_records"]["unsigned_lines"]:
+        warnings.append(
+            f"{acct['client_records']['unsigned_lines']} ledger line(s) carry no client-signed"
+            " record: the server alone wrote them."
+        )
     eps_hi = weak["epsilon"] if weak else cl["epsilon"] if cl else None
     eps_lo = strong["epsilon"] if strong else cl["epsilon"] if cl else None
     return {
@@ -246,14 +251,21 @@ def render_summary(r: Mapping[str, Any]) -> str:
         for rel in r["releases_not_covered"]
     ]
     if s["encrypted"]:
-        caveats.append(
-            "Key custody: every client holds the same decryption key; a server colluding with one"
-            " client could read individual updates."
-        )
-    if s["dp"]:
-        caveats.append(
-            "The DP noise comes from a standard (not cryptographically secure) random generator."
-        )
+        enc = r["encryption"]
+        if enc.get("custody") == "threshold":
+            t = enc.get("threshold") or {}
+            caveats.append(
+                f"Key custody: threshold ({t.get('threshold', 'T')} of {t.get('parties', 'n')}):"
+                " fewer clients, even together with the server, cannot read an individual"
+                " update; that many together could."
+            )
+        else:
+            caveats.append(
+                "Key custody: every client holds the same decryption key; a server colluding with"
+                " one client could read individual updates."
+            )
+    if s["dp"] and r["mechanism"]["rng"]["fixed_seed"]:
+        caveats.append("NOT PRIVATE: some devices drew their DP randomness from a fixed test seed.")
     out.append(
         '<div class="two"><div class="box good"><h3>What is protected</h3>'
         + ul(good)
