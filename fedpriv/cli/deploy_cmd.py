@@ -371,9 +371,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             resume=args.resume,
         )
     except KeyboardInterrupt:
+        superlink = f" --superlink {args.superlink}" if args.superlink else ""
         raise RunInterrupted(
             "the run was stopped on the SuperLink; continue it with `fedpriv run --resume "
-            f"--out {out} --superlink {args.superlink} --bundle {args.bundle}`",
+            f"--out {out}{superlink} --bundle {args.bundle}`",
             out,
         ) from None
     if outcome.relay:

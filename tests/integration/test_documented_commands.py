@@ -14,9 +14,18 @@ that, is written next to the command:
 * each host (dealer, server, device K, evaluator) gets its own ``HOME`` and working directory, so
   ``~/...`` paths mean what they mean on that host; ``scp -rp HOST:PATH`` copies between those
   folders with ``cp -rp``.
-* commands that would change the environment under test (``pip install``, ``git clone``, the
-  benchmarks, which rewrite ``benchmarks/results/``) are checked instead: the Makefile recipe is
-  the documented one, the benchmark scripts parse their arguments, ``benchmarks.tables`` runs.
+* ``ssh HOST 'CMD'`` runs CMD on that host (its HOME and working directory). The operator's
+  workstation and the server are one machine here, so an SSH tunnel's two ends are the same
+  loopback port: the test checks that the forwarded port is the server's control port as
+  ``fedpriv server start`` printed it, and uses that port for ``9093``.
+* placeholders in capitals (``STATE``, ``RUN_DIR``, ``FEDERATION``) and ``fedpriv monitor``'s
+  default port (8765: a free port instead, ``--port``) are replaced as written next to the
+  command.
+* commands that would change the environment under test (``pip install``, ``git clone``, ``sudo
+  apt-get install``, ``systemctl``, the benchmarks, which rewrite ``benchmarks/results/``) are
+  checked instead: the Makefile recipe is the documented one (and installs nginx), nginx is where
+  ``fedpriv server start`` looks for it, fedpriv's nginx uses no file of the system service, the
+  benchmark scripts parse their arguments, ``benchmarks.tables`` runs.
 
 Besides, every ``fedpriv`` command of README.md and docs/*.md parses with the real argument
 parser (fast), so even the synopses cannot drift from the CLI.
@@ -34,6 +43,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -105,7 +115,8 @@ class Host:
     env: dict[str, str]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def run(self, cmd: str, timeout: float = 600, ok: bool = True) -> str:
+    def call(self, cmd: str, timeout: float = 600) -> tuple[int, str]:
+        """Exit status and output (stdout, then stderr) of ``cmd`` on this host."""
         res = subprocess.run(
             ["bash", "-c", cmd],
             cwd=self.home,
@@ -115,9 +126,12 @@ class Host:
             timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
-        text = res.stdout + res.stderr
+        return res.returncode, res.stdout + res.stderr
+
+    def run(self, cmd: str, timeout: float = 600, ok: bool = True) -> str:
+        rc, text = self.call(cmd, timeout)
         if ok:
-            assert res.returncode == 0, f"{self.name}$ {cmd}\nexit {res.returncode}\n{text[-4000:]}"
+            assert rc == 0, f"{self.name}$ {cmd}\nexit {rc}\n{text[-4000:]}"
         return text
 
     def start(self, cmd: str, log: str) -> Path:
@@ -282,6 +296,18 @@ runs(
     "fedpriv report build runs/<run> --baseline runs/<non-private run>",
 )
 runs(
+    "test_readme_data_schemas",
+    "fedpriv data schema infer digits --out digits-schema.json",
+    "fedpriv data check digits --schema digits-schema.json",
+    "fedpriv data check mnist:../shared/data/mnist --schema digits-schema.json",
+    "fedpriv simulate --set data.schema=digits-schema.json --set rounds=2",
+)
+runs(
+    "test_readme_monitor",
+    "fedpriv simulate --monitor",
+    "fedpriv monitor runs",
+)
+runs(
     "test_readme_deployment",
     "fedpriv keys init --nodes 3 --out fed --config exp.toml --server-host server.example.org",
     "fedpriv server start --bundle fed/server --address 0.0.0.0:9092",
@@ -314,20 +340,48 @@ runs(
     "flwr run . --stream",
     "fedpriv simulate --engine flwr",
 )
+RUN = "fedpriv run --bundle ~/fedpriv-server --config exp.toml --out ~/runs/exp1"
+SSH_RUN = f"ssh operator@fl.example.org '{RUN}'"
+TUNNEL = "ssh -N -L 9093:127.0.0.1:9093 operator@fl.example.org &"
+COPY_FLWR_HOME = "scp -rp operator@fl.example.org:.fedpriv/server-FEDERATION/flwr-home ~/fl-flwr"
+COPY_CA = "scp operator@fl.example.org:fedpriv-server/ca.crt ~/fl-flwr/ca.crt"
+SED_CA = (
+    'sed -i "s|^root-certificates = .*|root-certificates = \\"$HOME/fl-flwr/ca.crt\\"|" '
+    "~/fl-flwr/config.toml"
+)
+FLWR_LS = "FLWR_HOME=~/fl-flwr flwr ls fedpriv"
+LEDGER_HEAD = "fedpriv client ledger-head --state-dir STATE --out client-0.head.json"
+VERIFY_HEAD = (
+    "fedpriv report verify RUN_DIR --registry fed/server/identities.json "
+    "--client-head client-0.head.json"
+)
+THRESHOLD_INIT = (
+    "fedpriv keys init --nodes 3 --threshold 2 --sealed --out fed --config exp.toml "
+    "--server-host fl.example.org"
+)
 runs(
     "test_deployment_guide",
     "git clone <this repository> fedpriv && cd fedpriv",
     "python3 -m pip install torch==2.13.0 -e .",
     "fedpriv --help",
+    "sudo apt-get install -y nginx",
+    "sudo systemctl disable --now nginx",
     "fedpriv keys init --nodes 3 --out fed --config exp.toml --server-host fl.example.org",
     "scp -rp fed/server operator@fl.example.org:fedpriv-server",
     "scp -rp fed/clients/client-0 device0:fedpriv-bundle",
     "fedpriv server start --bundle ~/fedpriv-server --address 0.0.0.0:9092 "
     "--dealer-fingerprint SHA256:...",
+    SSH_RUN,
+    TUNNEL,
+    COPY_FLWR_HOME,
+    COPY_CA,
+    SED_CA,
+    FLWR_LS,
     "fedpriv client start --superlink fl.example.org:9092 --bundle ~/fedpriv-bundle "
     "--data ~/my-data.csv --state-dir ~/.fedpriv/state --dealer-fingerprint SHA256:...",
-    "fedpriv run --superlink 127.0.0.1:9092 --bundle ~/fedpriv-server --config exp.toml "
-    "--out ~/runs/exp1",
+    LEDGER_HEAD,
+    VERIFY_HEAD,
+    RUN,
     "fedpriv run --resume --superlink 127.0.0.1:9092 --bundle ~/fedpriv-server --out ~/runs/exp1",
     "scp -rp fl.example.org:runs/exp1 exp1",
     "fedpriv client evaluate --run-dir exp1 --bundle ~/fedpriv-bundle",
@@ -335,9 +389,10 @@ runs(
     "fedpriv keys node-key --out ~/fedpriv-node",
     "fedpriv keys add-node --out fed --public-key node.pub --sealed",
     "# copy fed/clients/client-3 to the device, fed/server to the server host",
-    "fedpriv server register --bundle ~/fedpriv-server --address 127.0.0.1:9092",
+    "fedpriv server register --bundle ~/fedpriv-server",
     "fedpriv client start --superlink ... --bundle ~/fedpriv-bundle --node-key "
     "~/fedpriv-node/node.key --data ...",
+    THRESHOLD_INIT,
 )
 
 
@@ -382,16 +437,29 @@ def test_every_documented_fedpriv_command_parses() -> None:
     assert seen >= 30
 
 
+def _make_n(target: str) -> subprocess.CompletedProcess[str]:
+    """``make -n TARGET`` as a user's shell runs it: this suite itself runs under ``make test``,
+    whose MAKELEVEL/MAKEFLAGS would make the inner make print "Entering directory" lines."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+
+
 def test_make_targets_are_the_documented_ones() -> None:
     """`make simulate` and `make test` are dry-run (`make -n`): running them would reinstall
     the package under test, and `make test` is the suite this test is part of. The recipes must
     be what README says: pip install of the CPU torch wheel and the package, then the default
     run; dev tools, lint, format check, types, every test not marked slow."""
-    sim = subprocess.run(["make", "-n", "simulate"], cwd=ROOT, capture_output=True, text=True)
+    sim = _make_n("simulate")
     assert sim.returncode == 0, sim.stderr
     assert re.search(r'pip install -q "torch==2\.13\.0" -e \.\n', sim.stdout), sim.stdout
     assert sim.stdout.rstrip().endswith("fedpriv simulate"), sim.stdout
-    test = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True)
+    test = _make_n("test")
     assert test.returncode == 0, test.stderr
     for step in (
         '-e ".[dev]"',
@@ -583,6 +651,102 @@ def test_readme_benchmarks() -> None:
     assert res.returncode == 0 and "|" in res.stdout, res.stderr[-2000:]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_readme_data_schemas(tmp_path: Path) -> None:
+    """README "Data schemas", in a user's working directory next to which ``../shared`` is the
+    shared data folder (linked to the one ``tests/shared_data.py`` finds); the simulation
+    + SMALL."""
+    data_root = shared_data("mnist").parent
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(data_root)
+    with machines(tmp_path, ["user"]) as hosts:
+        user = hosts["user"]
+        out = user.run("fedpriv data schema infer digits --out digits-schema.json")
+        assert_readable(out)
+        assert "images 1x8x8, pixels in [0, 16]" in out, out
+        schema = json.loads((user.home / "digits-schema.json").read_text())
+        assert schema["label"]["values"] == [str(i) for i in range(10)], schema["label"]
+        out = user.run("fedpriv data check digits --schema digits-schema.json")  # exit 0
+        assert "digits: 1797 rows match digits-schema.json" in out, out
+        rc, out = user.call(
+            "fedpriv data check mnist:../shared/data/mnist --schema digits-schema.json"
+        )
+        assert rc == 3, out  # exit 3: image-shape, pixel-range
+        assert "2 checks failed (image-shape, pixel-range)" in out and "Traceback" not in out, out
+        out = user.run(
+            small("fedpriv simulate --set data.schema=digits-schema.json --set rounds=2")
+        )  # + SMALL
+        assert_readable(out)
+        (run,) = (user.home / "runs").glob("*-default")
+        cfg = json.loads((run / "config.json").read_text())
+        assert Path(cfg["data"]["schema"]).resolve() == (user.home / "digits-schema.json").resolve()
+        rounds = json.loads((run / "metrics.json").read_text())["rounds"]
+        assert [(r["accepted"], r["refused"]) for r in rounds] == [(3, 0), (3, 0)], rounds
+
+
+def _get(url: str) -> str:
+    """GET ``url`` directly (no proxy): the body as text."""
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=30) as r:
+        assert r.status == 200, (url, r.status)
+        return str(r.read().decode("utf-8"))
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_readme_monitor(tmp_path: Path) -> None:
+    """README "Watching a run live", in a user's working directory: ``fedpriv simulate
+    --monitor`` + SMALL prints the URL, the page and its data answer while the run goes, and
+    nothing answers once the run ended. ``fedpriv monitor runs`` + ``--port P`` (a free port
+    for the default 8765, which another program may hold) then follows the run just made;
+    Ctrl-C (SIGINT) stops it cleanly."""
+    import urllib.error
+
+    from fedpriv.cli.main import build_parser
+    from fedpriv.deploy.processes import free_port
+
+    assert build_parser().parse_args(["monitor", "runs"]).port == 8765  # the only substitution
+    with machines(tmp_path, ["user"]) as hosts:
+        user = hosts["user"]
+        log = user.start(small("fedpriv simulate --monitor"), "simulate.out")  # + SMALL
+        sim = user.procs[-1]
+        wait_for_text(log, "monitor: http://", 300, sim)
+        found = re.search(
+            r"monitor: (http://127\.0\.0\.1:\d+/)  \(watching (\S+);", log.read_text()
+        )
+        assert found, log.read_text()
+        url, watched = found.group(1), found.group(2)
+        assert "<html" in _get(url).lower()
+        snap = json.loads(_get(url + "api/snapshot"))
+        assert sim.poll() is None, "the run ended before the page was read"  # while it runs
+        assert snap["watching"] == watched, snap["watching"]
+        assert sim.wait(900) == 0, log.read_text()[-3000:]
+        out = log.read_text()
+        assert_readable(out)
+        assert "final held-out accuracy" in out, out
+        with pytest.raises(urllib.error.URLError):  # stopped with the run
+            _get(url)
+        (run,) = (user.home / "runs").glob("*-default")
+        assert (user.home / watched).resolve() == run.resolve(), (watched, run)
+
+        port = free_port()
+        mlog = user.start(f"fedpriv monitor runs --port {port}", "monitor.out")
+        mon = user.procs[-1]
+        wait_for_text(mlog, f"fedpriv monitor: http://127.0.0.1:{port}/", 120, mon)
+        assert "<html" in _get(f"http://127.0.0.1:{port}/").lower()
+        snap = json.loads(_get(f"http://127.0.0.1:{port}/api/snapshot"))
+        # the folder as the user named it: relative to the monitor's working directory
+        assert (user.home / snap["run"]["folder"]).resolve() == run.resolve(), snap["run"]
+        assert snap["run"]["rounds_done"] == 2 and snap["run"]["status"] == "complete", snap["run"]
+        os.killpg(mon.pid, signal.SIGINT)  # Ctrl-C in its terminal
+        assert mon.wait(60) == 0, mlog.read_text()
+        out = mlog.read_text()
+        assert "monitor stopped" in out and "Traceback" not in out, out
+
+
 def _port_in(cmd: str, port: int) -> str:
     return cmd.replace(":9092", f":{port}")
 
@@ -627,26 +791,137 @@ def test_readme_deployment(tmp_path: Path) -> None:
         assert "finished:completed" in out and "1 rounds" in out, out
 
 
+def _server_started(log: Path, home: Path) -> tuple[str, Path]:
+    """The control port and the state folder ``fedpriv server start`` printed."""
+    text = log.read_text()
+    control = re.search(r"Control API on 127\.0\.0\.1:(\d+) \(loopback", text)
+    state = re.search(r"^  state (\S+), logs ", text, flags=re.M)
+    assert control and state, text
+    folder = Path(state.group(1))
+    assert folder.parent == (home / ".fedpriv").resolve(), folder  # the default state folder
+    return control.group(1), folder
+
+
+def _nginx_is_fedprivs_own(state: Path) -> None:
+    """The nginx of ``fedpriv server start``: its prefix and configuration in the state folder,
+    no file of the system's nginx (``/etc/nginx``, its service)."""
+    pid = json.loads((state / "superlink.json").read_text())["pids"]["nginx"]
+    # nginx rewrites its process title to "nginx: master process ARGV..."
+    title = " ".join(a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+    argv = shlex.split(title.removeprefix("nginx: master process "))
+    assert Path(argv[0]).name == "nginx", argv
+    assert argv[argv.index("-p") + 1] == str(state / "proxy"), argv
+    assert argv[argv.index("-c") + 1] == str(state / "proxy" / "nginx.conf"), argv
+    assert "/etc/nginx" not in (state / "proxy" / "nginx.conf").read_text()
+
+
+def _drop_last_round(run: Path) -> None:
+    """The attack of ``tests/e2e/test_device_attacks.py``: the last round's lines removed from
+    the ledger and its hash chain rebuilt (the report is rebuilt and signed after this)."""
+    from fedpriv.privacy import HashChainWriter, read_chain
+
+    ledger = run / "privacy_ledger.jsonl"
+    entries = read_chain(ledger)
+    last = max(e["round"] for e in entries)
+    ledger.unlink()
+    w = HashChainWriter(ledger)
+    for e in entries:
+        if e["round"] != last:
+            w.append({k: v for k, v in e.items() if k not in ("seq", "prev", "hash")})
+
+
+def _check_threshold_bundles(fed: Path) -> None:
+    """``keys init --threshold 2 --sealed``: each node's share is sealed to its node key in the
+    server bundle's ``relay/`` and opens, with that node's key only, to the share the dealer's
+    map gives it; no file of the dealer, the server or a client bundle holds a share in the
+    clear, and the server bundle holds no mask key either."""
+    from fedpriv.crypto.codec import load_params_file
+    from fedpriv.crypto.tcustody import ThresholdPublic, unpack_node_keys
+    from fedpriv.crypto.threshold import KeyShare
+    from fedpriv.deploy.bundle import verify_bundle
+    from fedpriv.deploy.pki import load_dealer_public, load_node_private
+    from fedpriv.deploy.seal import SealContext, open_sealed
+    from tests.security.test_threshold_deploy_keys import _share_windows
+
+    def files(root: Path) -> list[Path]:
+        return [f for f in root.rglob("*") if f.is_file()]
+
+    secrets = {"he_share.fpkey", "mask.key", "secret.key", "he_secret.key"}
+    server = verify_bundle(fed / "server", kind="server")
+    assert server.meta["key_custody"] == "threshold"
+    assert not {f.name for f in files(fed / "server")} & secrets
+    assert not {f.name for f in files(fed / "dealer")} & (secrets - {"mask.key"})
+    shares, masks = [], set()
+    for k in range(3):
+        cid = f"client-{k}"
+        b = verify_bundle(fed / "clients" / cid, kind="client")
+        assert not {f.name for f in files(b.root)} & secrets, cid  # sealed: only the node key
+        pub = ThresholdPublic.load(b.root)
+        assert (pub.params.threshold, pub.params.parties) == (2, 3)
+        plain = open_sealed(
+            (fed / "server" / "relay" / f"{cid}.sealed").read_bytes(),
+            load_node_private(b.path("node.key").read_bytes()),
+            load_dealer_public(b.path("dealer.pub").read_bytes()),
+            SealContext(b.federation, cid, load_params_file(b.path("params.json")).fingerprint()),
+        )
+        share_bytes, mask = unpack_node_keys(plain)
+        share = KeyShare.from_bytes(share_bytes, pub.params)
+        assert share.index == pub.index_of(cid), cid
+        shares.append(share)
+        masks.add(mask)
+    assert sorted(s.index for s in shares) == [1, 2, 3] and len(masks) == 1
+    windows = [w for s in shares for w in _share_windows(s)]
+    for f in files(fed):
+        data = f.read_bytes()
+        assert not any(w in data for w in windows), f"{f} holds a key share"
+        if f.is_relative_to(fed / "server"):
+            assert not any(m in data for m in masks), f"{f} holds the mask key"
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary folder with a short path: the server's default state folder is under its
+    ``HOME`` and holds the SuperLink's unix socket, whose path may be 107 bytes at most (a user's
+    ``~/.fedpriv/server-FEDERATION`` is far shorter than pytest's ``tmp_path``)."""
+    root = Path(tempfile.mkdtemp(prefix="fp"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_deployment_guide(tmp_path: Path) -> None:
-    """docs/deployment.md, sections 0 to 6 and the sealed node-key walk-through.
+def test_deployment_guide(short_tmp: Path) -> None:
+    """docs/deployment.md: sections 0 to 6, the control plane from elsewhere, ledger heads, the
+    sealed node-key walk-through and threshold keys, on one deployment.
 
     Hosts: dealer (``fed/``, ``exp.toml``), server (``~/fedpriv-server``, ``exp.toml``), devices
     0-2 (``~/fedpriv-bundle``, ``~/my-data.csv``; "and so on, one per device" = 1 and 2 too),
-    device 3 (joins with its own node key), evaluator = device 0 (holds ``exp1`` after the copy;
-    ``fed/dealer`` linked in for the ``--keys-dir`` alternative). exp.toml: 3 clients, 2 rounds.
+    device 3 (joins with its own node key), evaluator and auditor = device 0 (holds ``exp1``
+    after the copy, builds and signs its report, exports its ledger head and verifies the run
+    with the dealer's registry), the operator's workstation (``~/fl-flwr``), and a second
+    dealer for the threshold federation. exp.toml: 3 clients, 2 rounds.
     Section 0 installs nothing: ``git clone`` has a placeholder and pip would reinstall the
     package under test; the pip line must be the Makefile's recipe, and ``fedpriv --help`` runs.
+    nginx is not installed by the test (``sudo apt-get``): it must be where ``fedpriv server
+    start`` looks, and ``make install-dev`` installs it with that command. ``systemctl disable
+    --now nginx`` is optional and there is no systemd in a test: what it relies on is checked
+    instead (the server's nginx uses its own prefix and configuration, no system file).
     """
     from fedpriv.deploy.processes import free_port
+    from fedpriv.deploy.proxy import nginx_exe
 
     make = (ROOT / "Makefile").read_text()
     assert "TORCH ?= torch==2.13.0" in make and '-m pip install -q "$(TORCH)" -e .' in make
+    # sudo apt-get install -y nginx
+    nginx_exe()
+    dev = _make_n("install-dev")
+    assert dev.returncode == 0 and "apt-get install -y nginx" in dev.stdout, dev.stdout
     port = free_port()
-    names = ["dealer", "server", "device0", "device1", "device2", "device3"]
-    with machines(tmp_path, names) as hosts:
-        dealer, server = hosts["dealer"], hosts["server"]
+    names = ["dealer", "server", "device0", "device1", "device2", "device3", "operator", "td"]
+    with machines(short_tmp, names) as hosts:
+        dealer, server, op = hosts["dealer"], hosts["server"], hosts["operator"]
         assert "usage: fedpriv" in dealer.run("fedpriv --help")
         exp, data = _write_experiment(dealer.home, rounds=2)
         shutil.copy(exp, server.home / "exp.toml")
@@ -670,6 +945,8 @@ def test_deployment_guide(tmp_path: Path) -> None:
             "server.out",
         )
         wait_for_text(log, "SuperLink ready", 120, server.procs[-1])
+        control_port, state = _server_started(log, server.home)
+        _nginx_is_fedprivs_own(state)  # sudo systemctl disable --now nginx: not applicable
         for k in range(3):
             dev = hosts[f"device{k}"]
             dlog = dev.start(
@@ -678,15 +955,32 @@ def test_deployment_guide(tmp_path: Path) -> None:
                 "client.out",
             )
             wait_for_text(dlog, "connected to", 120, dev.procs[-1])
-        out = server.run(
-            _port_in(
-                "fedpriv run --superlink 127.0.0.1:9092 --bundle ~/fedpriv-server --config "
-                "exp.toml --out ~/runs/exp1",
-                port,
-            ),
-            timeout=900,
-        )
+
+        # ssh operator@fl.example.org 'CMD' runs CMD on the server host: section 5's `fedpriv
+        # run`, without --superlink (the server's recorded Control API address and token)
+        assert shlex.split(SSH_RUN)[2:] == [RUN]
+        out = server.run(RUN, timeout=900)
         assert "finished:completed" in out and "2 rounds" in out, out
+        run_id = re.search(r"run (\d+) finished:completed", out)
+        assert run_id, out
+
+        # Flower's CLI on the operator's workstation. TUNNEL: the workstation is this machine,
+        # so its local end is the server's own control port (9093 = the port printed above).
+        tunnel = re.fullmatch(r"ssh -N -L (\d+):127\.0\.0\.1:(\d+) \S+ &", TUNNEL)
+        assert tunnel and tunnel.group(1) == tunnel.group(2), TUNNEL  # the same port both ends
+        # COPY_FLWR_HOME, COPY_CA: scp -> cp from the server's folder; FEDERATION is the name
+        # of the state folder `fedpriv server start` printed
+        federation = state.name.removeprefix("server-")
+        op.run(f"cp -rp {server.home}/.fedpriv/server-{federation}/flwr-home ~/fl-flwr")
+        op.run(f"cp {server.home}/fedpriv-server/ca.crt ~/fl-flwr/ca.crt")
+        conf = op.home / "fl-flwr" / "config.toml"
+        assert f'address = "127.0.0.1:{control_port}"' in conf.read_text(), conf.read_text()
+        op.run(SED_CA)
+        assert f'root-certificates = "{op.home}/fl-flwr/ca.crt"' in conf.read_text()
+        assert str(server.home) not in conf.read_text()  # nothing left on the server's side
+        out = op.run(FLWR_LS)
+        assert run_id.group(1) in out and "finished" in out, out
+
         out = server.run(
             _port_in(
                 "fedpriv run --resume --superlink 127.0.0.1:9092 --bundle ~/fedpriv-server "
@@ -709,6 +1003,25 @@ def test_deployment_guide(tmp_path: Path) -> None:
         out = ev.run("fedpriv report build exp1 && fedpriv report show exp1")
         assert "privacy report" in out and "client-2" in out, out
 
+        # Proving the ledger complete: STATE = ~/.fedpriv/state (device 0's --state-dir);
+        # RUN_DIR = exp1; fed/server/identities.json: the dealer's registry, handed to the
+        # auditor at the same path
+        out = ev.run(LEDGER_HEAD.replace("STATE", "~/.fedpriv/state"))
+        assert "client-0: head of run" in out, out
+        (ev.home / "fed" / "server").mkdir(parents=True)
+        shutil.copy(dealer.home / "fed/server/identities.json", ev.home / "fed/server")
+        out = ev.run(VERIFY_HEAD.replace("RUN_DIR", "exp1"))
+        assert "[PASS] client heads" in out and "VERIFIED" in out, out
+        # ... and a ledger without its last round, re-chained and re-signed, fails with the head
+        ev.run("cp -rp exp1 exp1-dropped")
+        _drop_last_round(ev.home / "exp1-dropped")
+        ev.run("fedpriv report build exp1-dropped")
+        alone = ev.run("fedpriv report verify exp1-dropped --registry fed/server/identities.json")
+        assert "[FLAG] client heads" in alone and "VERIFIED" in alone, alone
+        rc, out = ev.call(VERIFY_HEAD.replace("RUN_DIR", "exp1-dropped"))
+        assert rc == 9 and "[FAIL] client heads" in out, out
+        assert "latest rounds are missing" in out, out
+
         dev3 = hosts["device3"]
         dev3.run("fedpriv keys node-key --out ~/fedpriv-node")
         shutil.copy(dev3.home / "fedpriv-node" / "node.pub", dealer.home / "node.pub")
@@ -719,9 +1032,7 @@ def test_deployment_guide(tmp_path: Path) -> None:
         dealer.run(
             f"rm -rf {server.home}/fedpriv-server && cp -rp fed/server {server.home}/fedpriv-server"
         )
-        out = server.run(
-            f"fedpriv server register --bundle ~/fedpriv-server --address 127.0.0.1:{port}"
-        )
+        out = server.run("fedpriv server register --bundle ~/fedpriv-server")
         assert "registered 1 new nodes" in out, out
         shutil.copy(data[0], dev3.home / "my-data.csv")
         # --superlink ... = 127.0.0.1:PORT, --data ... = ~/my-data.csv
@@ -732,3 +1043,10 @@ def test_deployment_guide(tmp_path: Path) -> None:
         )
         wait_for_text(dlog, "connected to", 120, dev3.procs[-1])
         assert "no HE secret yet" in dlog.read_text()  # sealed: it arrives with the next run
+
+        # Threshold keys: a second federation's dealer, same experiment
+        td = hosts["td"]
+        shutil.copy(exp, td.home / "exp.toml")
+        out = td.run(THRESHOLD_INIT)
+        assert "threshold custody: 2 of 3 nodes" in out, out
+        _check_threshold_bundles(td.home / "fed")
