@@ -245,6 +245,8 @@ def test_config_rules_for_distributed() -> None:
         _cfg("federation.fraction_train=0.5")
     with pytest.raises(ConfigError, match="batch_size"):
         _cfg("train.batch_size=2000")
+    with pytest.raises(ConfigError, match=r"distributed DP runs with encryption\.key_custody"):
+        _cfg('encryption.key_custody="threshold"')
     cfg = _cfg()
     assert cfg.distributed_dp and cfg.record_level and not cfg.record_dp
 
