@@ -436,7 +436,7 @@ def targets() -> list[dict[str, Any]]:
             "x float32 bytes (default model; per client)",
         )
     )
-    dist = _load("distributed").get("target", {})
+    dist = _load("distributed_round").get("target", {})
     out.append(
         _target("distributed_round", 1.5, dist.get("measured_s"), "s wall per round (Ray, 2 cores)")
     )

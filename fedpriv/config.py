@@ -41,7 +41,8 @@ __all__ = [
 ]
 
 Partitioner = Literal["iid", "dirichlet", "pathological", "shard"]
-PrivacyMode = Literal["off", "record", "client", "both"]
+PrivacyMode = Literal["off", "record", "client", "both", "distributed"]
+LrSchedule = Literal["constant", "cosine"]
 Scheme = Literal["off", "bfv", "ckks"]
 KeyCustody = Literal["shared", "threshold"]
 DecryptionCheck = Literal["records", "rebuild"]
@@ -64,6 +65,9 @@ class DataConfig:
     classes_per_partition: int = 2
     max_samples: int = 0
     """Use at most this many training samples (0 = all)."""
+    validation_fraction: float = 0.0
+    """Hyperparameter tuning: hold out this share of the training data and evaluate on it
+    instead of the test set (which is then never read). 0 = evaluate on the test set."""
     schema: str = ""
     """Data schema file (``fedpriv data schema infer``): every client checks its data against it
     before training and refuses on violation; its label set fixes the classes. '' = no check.
@@ -88,6 +92,9 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 0.5
     momentum: float = 0.0
+    lr_schedule: LrSchedule = "constant"
+    """``cosine``: the learning rate of round (step) t of T is ``lr * (1 + cos(pi (t-1) / T)) / 2``
+    (privacy mode ``distributed``, where one round is one optimizer step)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,10 @@ class PrivacyConfig:
     client_max_epsilon: float = 10.0
     """The run stops (and clients refuse) before a round that would pass this client-level epsilon."""
     client_delta: float = 1e-5
+    total_records: int = 0
+    """Mode ``distributed``: N, the number of training records over all clients, a public number
+    fixed before training (q = train.batch_size / N; the noisy gradient sum is divided by the
+    expected batch q*N). 0: the simulation runner fills it in from the partitions."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +180,8 @@ class DeviceConfig:
     client_max_epsilon: float = 0.0
     min_clients_per_aggregate: int = 0
     """k_min: aggregates of fewer updates are refused (0 = what the run itself requires)."""
+    min_sigma_effective: float = 0.0
+    """Mode ``distributed``: smallest effective noise multiplier of the summed noise accepted."""
     allowed_custody: tuple[KeyCustody, ...] = ()
     """Key custodies this device takes part in (empty = the experiment's own)."""
     require_rebuilt_aggregate: bool = False
@@ -182,6 +195,8 @@ class SimulationConfig:
     num_cpus_per_client: int = 1
     ray_address: str = ""
     """Connect to an existing Ray cluster (e.g. ``auto``) instead of starting a local one."""
+    eval_every: int = 1
+    """The key holder evaluates the held-out set after every this many rounds (and the last)."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +232,16 @@ class RunConfig:
     def client_dp(self) -> bool:
         """Client-level distributed DP: clipped updates + integer noise shares before BFV."""
         return self.privacy.mode in ("client", "both")
+
+    @property
+    def distributed_dp(self) -> bool:
+        """Distributed record-level DP: one central DP-SGD step per round, noise in the BFV sum."""
+        return self.privacy.mode == "distributed"
+
+    @property
+    def record_level(self) -> bool:
+        """The privacy unit is one record (local DP-SGD or distributed DP-SGD)."""
+        return self.record_dp or self.distributed_dp
 
     @property
     def he_on(self) -> bool:
@@ -366,6 +391,10 @@ def _check(cfg: RunConfig) -> list[str]:
     need(d.alpha > 0, f"data.alpha: must be > 0, got {d.alpha}")
     need(d.classes_per_partition >= 1, "data.classes_per_partition: must be >= 1")
     need(d.max_samples >= 0, "data.max_samples: must be >= 0")
+    need(
+        0.0 <= d.validation_fraction < 1.0,
+        f"data.validation_fraction: must be in [0, 1), got {d.validation_fraction}",
+    )
     if d.schema:
         need(
             d.schema == d.schema.strip() and d.schema.endswith(".json"),
@@ -414,7 +443,32 @@ def _check(cfg: RunConfig) -> list[str]:
             cfg.encryption.scheme != "ckks",
             "privacy.mode: client-level DP adds integer noise in the quantized domain: use encryption.scheme = 'bfv' (or 'off')",
         )
-    if p.mode in ("record", "both"):
+    if p.mode == "distributed":
+        need(
+            cfg.encryption.scheme == "bfv",
+            "privacy.mode: distributed DP adds integer noise shares that only an encrypted sum"
+            " hides: use encryption.scheme = 'bfv'",
+        )
+        need(
+            f.fraction_train == 1.0,
+            "federation.fraction_train: distributed DP takes one step over the union of all"
+            f" clients' data per round, so every client takes part (must be 1.0, got {f.fraction_train})",
+        )
+        need(
+            cfg.encryption.key_custody == "shared",
+            "privacy.mode: distributed DP runs with encryption.key_custody = 'shared' for now"
+            " (clients catch up on past aggregates, which threshold custody does not yet"
+            " decrypt for them)",
+        )
+        need(p.total_records >= 0, "privacy.total_records: must be >= 0")
+        if p.total_records > 0:
+            need(
+                t.batch_size <= p.total_records,
+                f"train.batch_size ({t.batch_size}) is the expected batch over all clients: it"
+                f" cannot exceed privacy.total_records ({p.total_records})",
+            )
+    need(t.lr_schedule in ("constant", "cosine"), "train.lr_schedule: constant or cosine")
+    if p.mode in ("record", "both", "distributed"):
         need(p.noise_multiplier >= 0, "privacy.noise_multiplier: must be >= 0")
         need(
             p.noise_multiplier > 0 or p.target_epsilon > 0,
@@ -459,6 +513,10 @@ def _check(cfg: RunConfig) -> list[str]:
     )
     need(0 <= dv.max_delta < 1, f"device.max_delta: must be in [0, 1), got {dv.max_delta}")
     need(dv.min_clients_per_aggregate >= 0, "device.min_clients_per_aggregate: must be >= 0")
+    need(
+        dv.min_sigma_effective >= 0 and math.isfinite(dv.min_sigma_effective),
+        "device.min_sigma_effective: must be finite and >= 0",
+    )
     if dv.allowed_modes:
         need(
             p.mode in dv.allowed_modes,
@@ -489,6 +547,7 @@ def _check(cfg: RunConfig) -> list[str]:
         f"simulation.backend: only 'ray' (Flower's simulation engine) is supported, got {s.backend!r}",
     )
     need(s.num_cpus_per_client >= 1, "simulation.num_cpus_per_client: must be an integer >= 1")
+    need(s.eval_every >= 1, "simulation.eval_every: must be an integer >= 1")
     return e
 
 

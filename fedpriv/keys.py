@@ -54,6 +54,14 @@ def deal_keys(cfg: RunConfig, *, num_values: int, max_weight: int, out: Path) ->
             min_scale = max(
                 min_scale, math.ceil(math.sqrt(num_values) / cfg.privacy.client_clip_norm)
             )
+        elif cfg.distributed_dp:
+            from fedpriv.privacy.distributed import MIN_SCALE_PER_ROOT, headroom
+
+            # Clipped gradient sums in units of C, each client counted once, room for the noise,
+            # and a scale fine enough that rounding adds at most 1% to the sensitivity.
+            max_weight = 1
+            value_range += headroom(cfg)
+            min_scale = max(min_scale, math.ceil(MIN_SCALE_PER_ROOT * math.sqrt(num_values)))
         if e.key_custody == "threshold":
             from fedpriv.crypto.tcustody import deal_threshold_keys
 

@@ -83,6 +83,16 @@ class Instruction:
     """None in round 1: every client builds the same initial model from the run's seed."""
     run_id: str = ""
     """Random per run; clients sign it with each update so updates cannot be replayed."""
+    aggregates: tuple[tuple[int, bytes], ...] = ()
+    """Distributed DP: encrypted aggregates (noisy gradient sums) of earlier rounds this client
+    has not applied yet, oldest first, each with its round."""
+    latest_aggregate: int = 0
+    """Distributed DP: the latest round with an aggregate (a client that applied less than this
+    after ``aggregates`` is still catching up)."""
+
+
+MAX_AGGREGATES = 64
+"""Most aggregates one instruction carries (a client further behind catches up over rounds)."""
 
 
 def request_json(cfg: RunConfig) -> str:
@@ -97,20 +107,19 @@ def request_json(cfg: RunConfig) -> str:
 
 
 def build_instruction(ins: Instruction) -> RecordDict:
-    rd = RecordDict(
-        {
-            "config": ConfigRecord(
-                {
-                    "server-round": ins.server_round,
-                    "fedpriv-config": ins.config_json,
-                    "params-fingerprint": ins.params_fingerprint,
-                    "run-id": ins.run_id,
-                }
-            )
-        }
-    )
+    fields: dict[str, Any] = {
+        "server-round": ins.server_round,
+        "fedpriv-config": ins.config_json,
+        "params-fingerprint": ins.params_fingerprint,
+        "run-id": ins.run_id,
+    }
+    if ins.aggregates or ins.latest_aggregate:
+        fields["latest-aggregate"] = ins.latest_aggregate
+    rd = RecordDict({"config": ConfigRecord(fields)})
     if ins.global_blob is not None:
         rd["global"] = blob_to_record(ins.global_blob)
+    for rnd, blob in ins.aggregates:
+        rd[f"aggregate-{rnd}"] = blob_to_record(blob)
     return rd
 
 
@@ -140,7 +149,30 @@ def parse_instruction(content: RecordDict, *, max_blob_bytes: int) -> Instructio
     blob = None
     if "global" in content.array_records:
         blob = blob_from_record(content.array_records["global"], max_bytes=max_blob_bytes)
-    return Instruction(rnd, text, fp, blob, run_id)
+    aggs, latest = _parse_aggregates(content, cfg, rnd, max_blob_bytes)
+    return Instruction(rnd, text, fp, blob, run_id, aggs, latest)
+
+
+def _parse_aggregates(
+    content: RecordDict, cfg: Any, rnd: int, max_blob_bytes: int
+) -> tuple[tuple[tuple[int, bytes], ...], int]:
+    """The distributed-DP aggregates: ``aggregate-<round>`` arrays, rounds in 1..rnd-1."""
+    latest = cfg.get("latest-aggregate", 0)
+    if not isinstance(latest, int) or isinstance(latest, bool) or not 0 <= latest < rnd:
+        raise WireError(f"instruction: latest-aggregate must be an integer in 0..{rnd - 1}")
+    names = [k for k in content.array_records if k != "global"]
+    if len(names) > MAX_AGGREGATES:
+        raise WireError(f"instruction: more than {MAX_AGGREGATES} aggregates")
+    out = []
+    for name in names:
+        tail = name.removeprefix("aggregate-")
+        if tail == name or not tail.isdigit() or tail != str(int(tail)):
+            raise WireError(f"instruction: unexpected array record {name[:40]!r}")
+        r = int(tail)
+        if not 1 <= r <= latest:
+            raise WireError(f"instruction: aggregate of round {r} is not in 1..{latest}")
+        out.append((r, blob_from_record(content.array_records[name], max_bytes=max_blob_bytes)))
+    return tuple(sorted(out)), latest
 
 
 # ----------------------------------------------------------------------------- train reply

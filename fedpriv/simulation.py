@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,24 +119,72 @@ def simulate(
     if not rd.keys.exists():
         deal_run_keys(prep, rd)
     try:
-        if engine == "python":
-            _run_python_engine(
+        with _shared_accountant_memo():
+            _run_engine(
                 cfg,
                 rd,
                 progress,
+                engine=engine,
+                project_dir=project_dir,
                 resume=resume,
                 client_app=client_app,
                 insecure_test_seed=insecure_test_seed,
                 strategy_class=strategy_class,
             )
-        else:
-            assert project_dir is not None
-            _run_flwr_engine(cfg, rd, progress, project_dir, resume=resume)
     except KeyboardInterrupt:
         raise _interrupted(cfg, rd) from None
     finally:
         _shutdown_ray()
     return _finish(cfg, rd, prep, engine=engine, seconds=time.perf_counter() - t_start)
+
+
+@contextlib.contextmanager
+def _shared_accountant_memo() -> Iterator[None]:
+    """Virtual devices on this machine share the accountant's pure results (one PRV evaluation
+    per distinct history instead of one per device process); the folder goes with the run."""
+    import shutil
+    import tempfile
+
+    from fedpriv.privacy.accounting import MEMO_ENV
+
+    memo = tempfile.mkdtemp(prefix="fedpriv-accountant-")
+    old = os.environ.get(MEMO_ENV)
+    os.environ[MEMO_ENV] = memo
+    try:
+        yield
+    finally:
+        shutil.rmtree(memo, ignore_errors=True)
+        if old is None:
+            os.environ.pop(MEMO_ENV, None)
+        else:
+            os.environ[MEMO_ENV] = old
+
+
+def _run_engine(
+    cfg: RunConfig,
+    rd: RunDir,
+    progress: Progress | None,
+    *,
+    engine: str,
+    project_dir: Path | None,
+    resume: bool,
+    client_app: Any,
+    insecure_test_seed: int | None,
+    strategy_class: Any,
+) -> None:
+    if engine == "python":
+        _run_python_engine(
+            cfg,
+            rd,
+            progress,
+            resume=resume,
+            client_app=client_app,
+            insecure_test_seed=insecure_test_seed,
+            strategy_class=strategy_class,
+        )
+    else:
+        assert project_dir is not None
+        _run_flwr_engine(cfg, rd, progress, project_dir, resume=resume)
 
 
 def _as_config(config: RunConfig | str | Path | None) -> RunConfig:

@@ -213,6 +213,7 @@ def _local_data(cfg: RunConfig, settings: ClientSettings, context: Context) -> t
         holdout_fraction=d.holdout_fraction,
         seed=cfg.seed,
         max_samples=d.max_samples,
+        validation_fraction=d.validation_fraction,
         # the schema's label order is the class order: a device missing a class builds the
         # same model, and a label outside the set is an error, never a new class
         labels=client_label_set(cfg, settings.data, context.node_config),
@@ -347,6 +348,8 @@ class _Round:
     event: list[float | int] | None = None
     client_level: dict[str, Any] | None = None
     aggregate_count: int = 0
+    extra: dict[str, Any] | None = None
+    """More signed fields (privacy mode ``distributed``: its plan, model digest, catch-up)."""
 
 
 def _reply(
@@ -376,8 +379,8 @@ def _reply(
         "privacy_mode": p.mode,
         "event": r.event,
         "history": [e.as_list() for e in run.history],
-        "epsilon": r.state.run_epsilon(r.ins.run_id) if r.cfg.record_dp else 0.0,
-        "lifetime_epsilon": r.state.epsilon() if r.cfg.record_dp else 0.0,
+        "epsilon": r.state.run_epsilon(r.ins.run_id) if r.cfg.record_level else 0.0,
+        "lifetime_epsilon": r.state.epsilon() if r.cfg.record_level else 0.0,
         "delta": p.delta,
         "accountant": p.accountant,
         "rng": r.rng.name,
@@ -386,6 +389,7 @@ def _reply(
         "update_sha256": hashlib.sha256(blob).hexdigest() if blob is not None else "",
         "update_bytes": len(blob) if blob is not None else 0,
         "metrics_sha256": metrics_digest(r.metrics),
+        **(r.extra or {}),
     }
     record, digest = make_record(RECORD_FORMAT, fields)
     signature = sign_record(_identity(settings, context), digest)
@@ -412,7 +416,7 @@ def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Me
         int(context.node_id),
         rng,
         state,
-        _empty_metrics(state.run_epsilon(ins.run_id) if cfg.record_dp else 0.0),
+        _empty_metrics(state.run_epsilon(ins.run_id) if cfg.record_level else 0.0),
     )
     if refusal:
         return _reply(r, settings, context, msg, refusal=refusal)
@@ -421,10 +425,16 @@ def handle_train(msg: Message, context: Context, settings: ClientSettings) -> Me
         return _reply(r, settings, context, msg, refusal=checked.reason)
     train, _test = _local_data(cfg, settings, context)
     sigma = _planned_sigma(cfg, len(train), context) if cfg.record_dp else None
+    if cfg.distributed_dp:  # distributed record-level DP: fedpriv/apps/distributed_client.py
+        from fedpriv.apps import distributed_client as dist
+
+        sigma = dist.plan_for(cfg, codec).sigma_effective
     violations = policy.review(cfg, sigma)
     if violations:
         return _reply(r, settings, context, msg, refusal="policy: " + "; ".join(violations))
     limits = policy.limits(cfg)
+    if cfg.distributed_dp:
+        return dist.train_distributed(r, msg, context, settings, codec, limits, train)
     mean, r.aggregate_count, why = _checked_global(cfg, codec, ins, limits)
     if why:
         return _reply(r, settings, context, msg, refusal=why)
@@ -543,7 +553,21 @@ def handle_evaluate(msg: Message, context: Context, settings: ClientSettings) ->
     if not refusal:
         checked = check_client_data(cfg, settings.data, context.node_config)
         refusal = "" if checked.ok else checked.reason
-    if not refusal:
+    if not refusal and cfg.distributed_dp:  # the device's own model, after catching up
+        from fedpriv.apps import distributed_client as dist
+
+        train, test = _local_data(cfg, settings, context)
+        state = _load_state(cfg, settings, context)
+        rng = dp_random(settings.insecure_test_seed, cid, ins.server_round)
+        r = _Round(ins, cfg, cid, int(context.node_id), rng, state, {})
+        own, refusal = dist.current_params(
+            cfg, codec, r, settings, context, policy.limits(cfg), train
+        )
+        if not refusal and len(test):
+            model = _model(cfg, own, test.input_shape, train.num_classes)
+            loss, acc = evaluate(model, test)
+            n = len(test)
+    elif not refusal:
         mean, _count, refusal = _checked_global(cfg, codec, ins, policy.limits(cfg))
         if not refusal:
             train, test = _local_data(cfg, settings, context)

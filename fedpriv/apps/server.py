@@ -137,7 +137,8 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
     from fedpriv.privacy.policy import request_k_min
 
     # Never publish an aggregate of fewer updates than the devices require (they would refuse it).
-    min_accepted, gate = request_k_min(cfg), None
+    min_accepted = request_k_min(cfg)
+    gate: Callable[[int], str | None] | None = None
     header["k_min"] = min_accepted
     header["identity_registry_sha256"] = registry.fingerprint()
     header["key_custody"] = "threshold" if threshold is not None else "shared"
@@ -163,7 +164,7 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
             "accountant": "dp-accounting RDP",
         }
 
-        def gate(rnd: int) -> str | None:
+        def client_gate(rnd: int) -> str | None:
             eps = client_level_epsilon(plan, rnd, p.client_delta)
             if eps > p.client_max_epsilon * (1 + 1e-9):
                 return (
@@ -172,9 +173,20 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
                 )
             return None
 
+        gate = client_gate
+
+    extra: dict[str, Any] = {}
+    if cfg.distributed_dp:  # fedpriv/privacy/distributed.py
+        from fedpriv.privacy.distributed import server_setup
+
+        gate, dist_header, cls, extra = server_setup(cfg, params, rd, s.strategy_class)
+        header["distributed"] = dist_header
+        min_accepted = max(min_accepted, int(dist_header["k_min"]))
+    else:
+        cls = s.strategy_class
     recorder = RunRecorder(rd, header=header, progress=s.progress)
     checkpoint = Checkpoint(rd.root / "checkpoint.json")
-    strategy = s.strategy_class(
+    strategy = cls(
         params,
         request_json(cfg),
         num_clients=cfg.federation.num_clients,
@@ -186,10 +198,11 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
         on_round=None,
         node_wait_timeout=s.node_wait_timeout,
         min_accepted=min_accepted,
-        round_gate=gate if cfg.client_dp else None,
+        round_gate=gate,
         identities=registry,
         pinned_nodes=s.node_map,
         max_eval_examples=_eval_cap(params, cfg),
+        **extra,
         **({"threshold": threshold} if threshold is not None else {}),
     )
     if threshold is not None:
@@ -199,6 +212,8 @@ def run_server(grid: Grid, s: ServerSettings) -> EncryptedFedAvg:
     first = 1
     if s.resume:
         first = checkpoint.restore(strategy, recorder, rd, params.fingerprint())
+        if cfg.distributed_dp:
+            strategy.restore_aggregates(r for r in range(1, first) if rd.global_blob(r).exists())
 
     def on_round(rec: RoundRecord, blob: bytes | None) -> None:
         # Record first, checkpoint last: a checkpoint only ever names a fully recorded round.

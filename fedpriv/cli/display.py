@@ -49,7 +49,7 @@ def _eta(seconds: float) -> str:
 
 def round_line(r: RoundResult, total: int, cfg: RunConfig) -> str:
     """One round in one line of at most ~70 characters."""
-    eps = max(r.epsilon.values()) if r.epsilon and cfg.record_dp else None
+    eps = max(r.epsilon.values()) if r.epsilon and cfg.record_level else None
     up = r.bytes_up / max(1, r.accepted + r.refused + r.failed)
     parts = [
         f"round {r.round}/{total}",
@@ -124,7 +124,7 @@ def _rounds_table(res: RunResult, cfg: RunConfig) -> Table:
         t.add_column(name, justify="right", no_wrap=True)
     for r in res.rounds:
         n = max(1, r.accepted + r.refused + r.failed)
-        eps = max(r.epsilon.values()) if r.epsilon and cfg.record_dp else None
+        eps = max(r.epsilon.values()) if r.epsilon and cfg.record_level else None
         t.add_row(
             str(r.round),
             f"{r.accuracy:.4f}" if r.accuracy is not None else "-",
@@ -192,7 +192,7 @@ def print_summary(console: Console, res: RunResult) -> None:
         "up, down: KiB per client; s: seconds",
         style="dim",
     )
-    if cfg.record_dp and res.rounds:
+    if cfg.record_level and res.rounds:
         p = cfg.privacy
         console.print(
             f"\n[bold]epsilon spent per client[/bold] (delta {p.delta:g}, {p.accountant}, "

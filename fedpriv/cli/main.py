@@ -75,6 +75,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_central(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from fedpriv.config import load_config
+    from fedpriv.experiments.central import run_central
+
+    cfg = load_config(args.config, args.overrides)
+    res = run_central(
+        cfg,
+        validation_fraction=args.validation,
+        out=args.out,
+        log=None if args.quiet else print,
+    )
+    doc = asdict(res)
+    doc.pop("curve")
+    print(json.dumps(doc, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fedpriv",
@@ -119,6 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_monitor_args(s)
     s.set_defaults(func=cmd_simulate)
+    c = sub.add_parser(
+        "central",
+        help="central DP-SGD on the union of the clients' data (the ceiling of distributed DP)",
+    )
+    add_config_args(c)
+    c.add_argument("--out", type=Path, default=None, help="folder for metrics.json (optional)")
+    c.add_argument(
+        "--validation",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="hold out this share of the training data and evaluate on it (tuning), not on the"
+        " test set",
+    )
+    c.add_argument("--quiet", action="store_true", help="no per-evaluation progress")
+    c.set_defaults(func=cmd_central)
     from fedpriv.cli.data_cmd import add_data_parser
 
     add_data_parser(sub)

@@ -10,7 +10,11 @@ __all__ = ["add_sweep_parser"]
 
 
 def _out(args: argparse.Namespace) -> Path:
-    return Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.sweep).parent.name}"
+    if args.out:
+        return Path(args.out)
+    sweep = Path(args.sweep)
+    tail = "" if sweep.stem == "sweep" else f"-{sweep.stem}"
+    return Path("runs") / f"sweep-{sweep.parent.name}{tail}"
 
 
 def cmd_sweep_run(args: argparse.Namespace) -> int:
@@ -29,8 +33,16 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
 def cmd_sweep_report(args: argparse.Namespace) -> int:
     from fedpriv.experiments import load_sweep, summarize_sweep, write_results
 
-    runs = load_sweep(Path(args.sweep), args.overrides)
-    rows = summarize_sweep(runs, _out(args))
+    more = getattr(args, "more", [])
+    if more and args.out:
+        from fedpriv.errors import ConfigError
+
+        raise ConfigError("--out names one sweep's runs folder: give one sweep file with it")
+    rows = []
+    # Several sweep files (e.g. one per dataset) make one page; each reads its own runs folder.
+    for sweep in [args.sweep, *more]:
+        ns = argparse.Namespace(**{**vars(args), "sweep": sweep})
+        rows += summarize_sweep(load_sweep(Path(sweep), args.overrides), _out(ns))
     notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
     path = write_results(rows, Path(args.docs), title=args.title, notes=notes)
     print(f"wrote {path}")
@@ -49,7 +61,10 @@ def add_sweep_parser(sub: Any) -> None:
         p = ss.add_parser(name, help=helptext)
         p.add_argument("sweep", type=Path, help="sweep TOML, e.g. simulations/mnist/sweep.toml")
         p.add_argument(
-            "--out", type=Path, default=None, help="runs folder (default runs/sweep-<folder>)"
+            "--out",
+            type=Path,
+            default=None,
+            help="runs folder (default runs/sweep-<folder>[-<file stem>])",
         )
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
         p.add_argument(
@@ -62,6 +77,13 @@ def add_sweep_parser(sub: Any) -> None:
         )
         p.add_argument("--notes", type=Path, default=None, help="markdown placed above the table")
         p.add_argument("--title", default="Results", help="title of the results page")
+        if name == "report":
+            p.add_argument(
+                "more",
+                nargs="*",
+                type=Path,
+                help="more sweep files on the same page (each reads its default runs folder)",
+            )
         p.add_argument(
             "--report", action="store_true", help="(run) also write the results page at the end"
         )

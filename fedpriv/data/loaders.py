@@ -68,6 +68,7 @@ def load_dataset(
     holdout_fraction: float = 0.2,
     seed: int = 0,
     max_samples: int = 0,
+    validation_fraction: float = 0.0,
     labels: Sequence[str] | None = None,
 ) -> tuple[ArrayDataset, ArrayDataset]:
     """Load a dataset and return ``(train, held-out test)``.
@@ -86,6 +87,9 @@ def load_dataset(
         Seed of the shuffle, the holdout split and the ``max_samples`` subset.
     max_samples : int
         Keep a stratified subset of this many training samples (0 = all).
+    validation_fraction : float
+        Hyperparameter tuning: hold out this share of the training data (stratified) and
+        return it in place of the test set, which is then never read. 0 = off.
     labels : sequence of str, optional
         The declared label set in class order (a data schema's ``label.values``): class ``i``
         is ``labels[i]`` and a label outside the set is an error. Without it the classes are
@@ -120,11 +124,20 @@ def load_dataset(
         raise DataError(
             f"data.dataset: unknown dataset {spec!r} (use digits, mnist:PATH, csv:PATH or hf:NAME)"
         )
+    if not 0.0 <= validation_fraction < 1.0:
+        raise DataError(f"data.validation_fraction: must be in [0, 1), got {validation_fraction}")
     declared = tuple(str(v) for v in labels) if labels is not None else None
     if declared is not None and (len(declared) < 2 or len(set(declared)) != len(declared)):
         raise DataError(f"declared label set {list(declared)}: need at least 2 distinct labels")
     return _load_cached(
-        spec, label_column, float(holdout_fraction), seed, max_samples, declared, stamp
+        spec,
+        label_column,
+        float(holdout_fraction),
+        seed,
+        max_samples,
+        declared,
+        stamp,
+        float(validation_fraction),
     )
 
 
@@ -181,6 +194,7 @@ def _load_cached(
     max_samples: int,
     labels: tuple[str, ...] | None,
     stamp: tuple[Any, ...],  # only part of the key
+    validation_fraction: float = 0.0,
 ) -> tuple[ArrayDataset, ArrayDataset]:
     kind, _, arg = spec.partition(":")
     if kind == "digits":
@@ -191,11 +205,24 @@ def _load_cached(
         raw, name = _raw_csv(Path(arg), label_column, labels), Path(arg).name
     else:
         raw, name = _raw_hf(arg, label_column, labels), arg
-    return _finish(raw, name, holdout_fraction=holdout_fraction, seed=seed, max_samples=max_samples)
+    return _finish(
+        raw,
+        name,
+        holdout_fraction=holdout_fraction,
+        seed=seed,
+        max_samples=max_samples,
+        validation_fraction=validation_fraction,
+    )
 
 
 def _finish(
-    raw: _Raw, name: str, *, holdout_fraction: float, seed: int, max_samples: int
+    raw: _Raw,
+    name: str,
+    *,
+    holdout_fraction: float,
+    seed: int,
+    max_samples: int,
+    validation_fraction: float = 0.0,
 ) -> tuple[ArrayDataset, ArrayDataset]:
     rng = np.random.default_rng(seed)
     # Shuffle first: some sources (the offline MNIST CSV) are sorted by class.
@@ -208,6 +235,11 @@ def _finish(
         x, y, x_test, y_test = x[tr], y[tr], x[te], y[te]
     else:
         x_test, y_test = x[:0], y[:0]
+    if validation_fraction > 0:
+        # Tuning: a validation split of the training data takes the test set's place.
+        tr, va = _stratified_split(y, test_size=validation_fraction, seed=seed, what="validation")
+        x, y, x_test, y_test = x[tr], y[tr], x[va], y[va]
+        name = f"{name}[validation]"
     if 0 < max_samples < len(y):
         keep, _ = _stratified_split(y, train_size=max_samples, seed=seed, what="max_samples")
         x, y = x[keep], y[keep]

@@ -3,9 +3,17 @@
 from fedpriv.experiments.sweep import (
     SweepRun,
     load_sweep,
+    results_json,
     run_sweep,
     summarize_sweep,
     write_results,
 )
 
-__all__ = ["SweepRun", "load_sweep", "run_sweep", "summarize_sweep", "write_results"]
+__all__ = [
+    "SweepRun",
+    "load_sweep",
+    "results_json",
+    "run_sweep",
+    "summarize_sweep",
+    "write_results",
+]

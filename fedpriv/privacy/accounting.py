@@ -9,11 +9,15 @@ under-reports epsilon.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
+import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fedpriv.errors import StateError
@@ -173,12 +177,51 @@ def _install_rdp_memo() -> None:
 
 @functools.lru_cache(maxsize=4096)
 def _opacus_epsilon(hist: tuple[DpEvent, ...], delta: float, accountant: str) -> float:
+    memo = os.environ.get(MEMO_ENV, "")
+    if memo:
+        return _shared_memo(Path(memo), hist, delta, accountant)
+    return _compute_opacus_epsilon(hist, delta, accountant)
+
+
+def _compute_opacus_epsilon(hist: tuple[DpEvent, ...], delta: float, accountant: str) -> float:
     acc = _opacus_accountant(accountant, hist)
     with warnings.catch_warnings():
         # PRV warns (and may return inf) far beyond any sane budget; inf is the honest answer.
         warnings.simplefilter("ignore")
         eps = float(acc.get_epsilon(delta=delta))
     return eps if math.isfinite(eps) else math.inf
+
+
+MEMO_ENV = "FEDPRIV_ACCOUNTANT_MEMO"
+"""A folder shared by the processes of one simulation (set by the runner): virtual devices on one
+machine then compute each (history, delta, accountant) once between them. The value is a pure
+function of public inputs; a device in a deployment computes its own, and ``report verify``
+recomputes every value independently."""
+
+
+def _shared_memo(root: Path, hist: tuple[DpEvent, ...], delta: float, accountant: str) -> float:
+    import fcntl
+
+    key = [accountant, delta, [e.as_list() for e in hist]]
+    name = hashlib.sha256(json.dumps(key).encode()).hexdigest()
+    path = root / f"{name}.json"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / f"{name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the first process computes, the others wait
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+                if doc.get("key") == key and isinstance(doc.get("epsilon"), float):
+                    return float(doc["epsilon"])
+            except (OSError, ValueError):
+                pass
+            eps = _compute_opacus_epsilon(hist, delta, accountant)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"key": key, "epsilon": eps}), encoding="utf-8")
+            os.replace(tmp, path)
+            return eps
+    except OSError:
+        return _compute_opacus_epsilon(hist, delta, accountant)
 
 
 def pld_epsilon(history: Sequence[DpEvent], delta: float) -> float:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DevicePolicy", "EffectiveLimits", "request_k_min"]
 
-_MODES = ("off", "record", "client", "both")
+_MODES = ("off", "record", "client", "both", "distributed")
 _SCHEMES = ("off", "bfv", "ckks")
 _CUSTODY = ("shared", "threshold")
 FORMAT = "fedpriv.device-policy/1"
@@ -43,6 +43,9 @@ def request_k_min(cfg: RunConfig) -> int:
     aggregate is never one client's update.
     """
     per_round = cfg.clients_per_round
+    if cfg.distributed_dp:
+        # Noise shares are sized for k_min contributors (by default every client).
+        return max(1, cfg.federation.min_train_clients or cfg.federation.num_clients)
     if cfg.client_dp:
         return max(1, cfg.federation.min_train_clients or per_round)
     k = cfg.federation.min_train_clients or -(-per_round // 2)
@@ -86,6 +89,9 @@ class DevicePolicy:
         Client-level epsilon one run may reach.
     min_clients_per_aggregate
         k_min: an aggregate summing fewer updates is never decrypted into training.
+    min_sigma_effective
+        Distributed DP: smallest effective noise multiplier of the summed noise (its shares
+        sized for k_min clients, discretisation and rounding accounted for) accepted.
     allowed_custody
         Key custodies (``shared``, ``threshold``) this device takes part in: a device that
         requires threshold custody refuses a run whose key every client holds.
@@ -104,6 +110,7 @@ class DevicePolicy:
     max_clip_norm: float = 1e6
     client_max_epsilon: float = 10.0
     min_clients_per_aggregate: int = 2
+    min_sigma_effective: float = 0.0
     allowed_custody: tuple[str, ...] = _CUSTODY
     require_rebuilt_aggregate: bool = False
 
@@ -126,9 +133,10 @@ class DevicePolicy:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or math.isnan(v) or v <= 0:
                 out.append(f"{name} must be > 0 (inf allowed), got {v!r}")
-        m = self.min_noise_multiplier
-        if not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
-            out.append(f"min_noise_multiplier must be finite and >= 0, got {m!r}")
+        for name in ("min_noise_multiplier", "min_sigma_effective"):
+            m = getattr(self, name)
+            if not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
+                out.append(f"{name} must be finite and >= 0, got {m!r}")
         if not isinstance(self.max_delta, (int, float)) or not 0 < self.max_delta < 1:
             out.append(f"max_delta must be in (0, 1), got {self.max_delta!r}")
         lo, hi = self.min_clip_norm, self.max_clip_norm
@@ -154,7 +162,7 @@ class DevicePolicy:
         modes = tuple(d.allowed_modes) or (p.mode,)
         schemes = tuple(d.allowed_schemes) or (cfg.encryption.scheme,)
         max_eps = d.max_epsilon or p.max_epsilon
-        deltas = [p.delta] if cfg.record_dp else []
+        deltas = [p.delta] if cfg.record_level else []
         if cfg.client_dp:
             deltas.append(p.client_delta)
         return cls(
@@ -166,6 +174,7 @@ class DevicePolicy:
             max_delta=d.max_delta or max(deltas or [p.delta]),
             client_max_epsilon=d.client_max_epsilon or p.client_max_epsilon,
             min_clients_per_aggregate=max(d.min_clients_per_aggregate, request_k_min(cfg)),
+            min_sigma_effective=d.min_sigma_effective,
             allowed_custody=tuple(d.allowed_custody) or (cfg.encryption.key_custody,),
             require_rebuilt_aggregate=d.require_rebuilt_aggregate
             or (
@@ -243,7 +252,12 @@ class DevicePolicy:
                 continue
             if k in ("max_epsilon", "max_lifetime_epsilon", "client_max_epsilon", "max_delta"):
                 cur[k] = min(cur[k], float(v))
-            elif k in ("min_noise_multiplier", "min_clip_norm", "min_clients_per_aggregate"):
+            elif k in (
+                "min_noise_multiplier",
+                "min_clip_norm",
+                "min_clients_per_aggregate",
+                "min_sigma_effective",
+            ):
                 cur[k] = max(cur[k], v)
             elif k == "max_clip_norm":
                 cur[k] = min(cur[k], float(v))
@@ -260,7 +274,8 @@ class DevicePolicy:
         """Every way ``request`` asks for weaker privacy than this policy allows (empty: none).
 
         ``noise_multiplier`` is the record-level sigma the request leads to (given, or planned
-        from its target epsilon); the caller computes it once.
+        from its target epsilon; mode ``distributed``: the effective sigma of the summed noise);
+        the caller computes it once.
         """
         p = request.privacy
         out: list[str] = []
@@ -303,6 +318,8 @@ class DevicePolicy:
                     f"privacy.max_grad_norm={p.max_grad_norm:g} is outside this device's "
                     f"[{self.min_clip_norm:g}, {self.max_clip_norm:g}]"
                 )
+        if request.distributed_dp:
+            out += self._review_distributed(request, noise_multiplier)
         if request.client_dp:
             if p.client_delta > self.max_delta:
                 out.append(
@@ -314,6 +331,27 @@ class DevicePolicy:
                     f"the run sizes client-level noise for {request_k_min(request)} clients, "
                     f"fewer than this device's {self.min_clients_per_aggregate}"
                 )
+        return out
+
+    def _review_distributed(self, request: RunConfig, sigma_eff: float | None) -> list[str]:
+        p, out = request.privacy, []
+        if p.delta > self.max_delta:
+            out.append(f"privacy.delta={p.delta:g} is above this device's {self.max_delta:g}")
+        if sigma_eff is not None and sigma_eff < self.min_sigma_effective:
+            out.append(
+                f"the summed noise's effective noise multiplier {sigma_eff:.4g} is below this"
+                f" device's minimum {self.min_sigma_effective:g}"
+            )
+        if not self.min_clip_norm <= p.max_grad_norm <= self.max_clip_norm:
+            out.append(
+                f"privacy.max_grad_norm={p.max_grad_norm:g} is outside this device's "
+                f"[{self.min_clip_norm:g}, {self.max_clip_norm:g}]"
+            )
+        if request_k_min(request) < self.min_clients_per_aggregate:
+            out.append(
+                f"the run sizes its noise shares for {request_k_min(request)} clients, fewer"
+                f" than this device's {self.min_clients_per_aggregate}"
+            )
         return out
 
     def limits(self, request: RunConfig) -> EffectiveLimits:

@@ -130,6 +130,13 @@ class ClientPrivacyState:
         )
         return self._with_run(run, tuple(compress_history([*self.history, event])))
 
+    def with_charge(self, event: DpEvent, run_id: str) -> ClientPrivacyState:
+        """Charge ``event`` to the run and the lifetime history without a round taken part in
+        (distributed DP: an aggregate released with fewer noise shares than planned)."""
+        run = self.run(run_id)
+        run = replace(run, history=tuple(compress_history([*run.history, event])))
+        return self._with_run(run, tuple(compress_history([*self.history, event])))
+
     def with_participation(self, run_id: str, server_round: int) -> ClientPrivacyState:
         """Note a round this client took part in without a record-level DP event."""
         run = self.run(run_id)

@@ -213,8 +213,17 @@ class RunFacts:
 
     @property
     def record_dp(self) -> bool:
-        """Record-level DP-SGD on each client (privacy modes ``record`` and ``both``)."""
-        return str(self.metrics.get("privacy_mode", "off")) in ("record", "both")
+        """Record-level DP with per-client ledger histories: DP-SGD on each client (modes
+        ``record``, ``both``) or one central DP-SGD step per round (``distributed``)."""
+        return str(self.metrics.get("privacy_mode", "off")) in ("record", "both", "distributed")
+
+    @property
+    def distributed(self) -> Mapping[str, Any] | None:
+        """The plan of privacy mode ``distributed`` (noise shares in the encrypted sum)."""
+        if str(self.metrics.get("privacy_mode", "off")) != "distributed":
+            return None
+        plan = self.metrics.get("distributed")
+        return plan if isinstance(plan, dict) else None
 
     @property
     def client_level(self) -> Mapping[str, Any] | None:

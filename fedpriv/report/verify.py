@@ -523,7 +523,7 @@ def _check_randomness(ctx: _Ctx) -> Check:
 def _dp_on(ctx: _Ctx) -> bool:
     """Record-level DP-SGD (the per-client ledger histories) was on."""
     if ctx.metrics is not None:
-        return str(ctx.metrics.get("privacy_mode", "off")) in ("record", "both")
+        return str(ctx.metrics.get("privacy_mode", "off")) in ("record", "both", "distributed")
     if ctx.doc is not None:
         return bool(ctx.doc.get("accounting", {}).get("dp"))
     return any(e.get("history") for e in (ctx.ledger.entries if ctx.ledger else ()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedpriv.config import RunConfig, load_config
 from fedpriv.errors import StateError
@@ -78,6 +78,7 @@ def evaluate_run(
             holdout_fraction=d.holdout_fraction,
             seed=cfg.seed,
             max_samples=d.max_samples,
+            validation_fraction=d.validation_fraction,
         )
     if data:
         from fedpriv.deploy.client import normalize_data_spec
@@ -93,11 +94,31 @@ def evaluate_run(
     loss0, acc0 = evaluate(model, test)
     doc["initial_heldout_accuracy"], doc["initial_heldout_loss"] = acc0, loss0
     last = None
+    replay = None
+    if cfg.distributed_dp:
+        # Aggregates are noisy gradients: replay the clients' steps from the seeded model.
+        from fedpriv.privacy.distributed import ModelReplay
+
+        replay = ModelReplay(cfg, codec.params, model)
+    every = max(1, cfg.simulation.eval_every)
+    final = max(
+        (
+            int(r["round"])
+            for r in doc.get("rounds", [])
+            if rd.global_blob(int(r["round"])).exists()
+        ),
+        default=0,
+    )
     for r in doc.get("rounds", []):
         path = rd.global_blob(int(r["round"]))
         if not path.exists():
             continue
         mean, total_weight, count = codec.decode(path.read_bytes())
+        if replay is not None:
+            mean = replay.step(int(r["round"]), mean, total_weight, count)
+            r["model_sha256"] = replay.digest()
+        if int(r["round"]) % every and int(r["round"]) != final:
+            continue
         set_flat_params(model, mean)
         r["heldout_loss"], r["heldout_accuracy"] = evaluate(model, test)
         r["aggregate_total_weight"], r["aggregate_count"] = total_weight, count
@@ -106,7 +127,11 @@ def evaluate_run(
             r["quantization_error_bound"] = float(bound)
         last = r["round"]
     doc["heldout_examples"] = len(test)
+    # data.validation_fraction > 0: the "held-out" set is a validation split (tuning runs).
+    doc["heldout_set"] = "validation" if cfg.data.validation_fraction > 0 and not data else "test"
     doc["final_round"] = last
+    if replay is not None:
+        doc["distributed_replay"] = _compare_models(rd, doc["rounds"], replay.discarded)
     target = RunDir(Path(out)) if out else rd
     target.root.mkdir(parents=True, exist_ok=True)
     if last is not None:
@@ -117,3 +142,23 @@ def evaluate_run(
         write_config(cfg, target.root)
     atomic_write_text(target.metrics, json.dumps(doc, indent=2, sort_keys=True), mode=0o644)
     return RunResult.from_run_dir(target.root)
+
+
+def _compare_models(
+    rd: RunDir, rounds: list[dict[str, Any]], discarded: list[int]
+) -> dict[str, Any]:
+    """Do the clients' signed model digests match the key holder's replay? (distributed DP)"""
+    from fedpriv.privacy.ledger import read_chain
+
+    after = {r["round"]: r["model_sha256"] for r in rounds if "model_sha256" in r}
+    checked, mismatches = 0, []
+    for e in read_chain(rd.ledger) if rd.ledger.exists() else []:
+        rec = json.loads(e.get("client_record") or "{}")
+        info = rec.get("distributed") or {}
+        applied = info.get("applied_round")
+        if rec.get("status") != "trained" or not applied:
+            continue
+        checked += 1
+        if after.get(applied) != info.get("model_sha256"):
+            mismatches.append({"round": e.get("round"), "client_id": e.get("client_id")})
+    return {"records_checked": checked, "mismatches": mismatches, "discarded_rounds": discarded}

@@ -112,9 +112,15 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
         holdout_fraction=d.holdout_fraction,
         seed=cfg.seed,
         max_samples=d.max_samples,
+        validation_fraction=d.validation_fraction,
         labels=labels,
     )
     sizes = partition_sizes(cfg, train)
+    if cfg.distributed_dp and cfg.privacy.total_records == 0:
+        # N is public: the data owners (here, the runner that deals their keys) declare it.
+        cfg = dataclasses.replace(
+            cfg, privacy=dataclasses.replace(cfg.privacy, total_records=sum(sizes))
+        )
     model = build_model(cfg.train.model, train.input_shape, train.num_classes, seed=cfg.seed)
     weights = get_flat_params(model)
     check_value_range(cfg, weights)

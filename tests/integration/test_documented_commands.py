@@ -316,8 +316,14 @@ runs(
     "fedpriv run --superlink 127.0.0.1:9092 --bundle fed/server --config exp.toml",
 )
 runs(
+    "test_readme_distributed",
+    "fedpriv simulate --config simulations/mnist/distributed-5k.toml",
+    "fedpriv central --config simulations/mnist/distributed-5k.toml",
+)
+runs(
     "test_readme_sweep",
-    "fedpriv sweep run simulations/mnist/sweep.toml --report --notes simulations/mnist/NOTES.md",
+    "fedpriv sweep run simulations/mnist/sweep.toml --report --docs build/issue6 --notes "
+    "simulations/mnist/NOTES.md",
 )
 runs(
     "test_readme_benchmarks",
@@ -326,6 +332,8 @@ runs(
     "python -m benchmarks.round",
     "python -m benchmarks.scale",
     "python -m benchmarks.edge",
+    "python -m benchmarks.distributed_round",
+    "python -m benchmarks.distributed",
     "python -m benchmarks.tables",
 )
 runs(
@@ -576,13 +584,52 @@ def test_readme_sweep(tmp_path: Path) -> None:
         user = hosts["user"]
         (user.home / "simulations").symlink_to(ROOT / "simulations")
         out = user.run(
-            "fedpriv sweep run simulations/mnist/sweep.toml --report --notes "
+            "fedpriv sweep run simulations/mnist/sweep.toml --report --docs build/issue6 --notes "
             "simulations/mnist/NOTES.md --only record-eps3/iid/seed0 --set rounds=1 --set "
             f"federation.num_clients=3 --set data.max_samples=600 --set data.dataset=mnist:{mnist}",
             timeout=1200,
         )
         assert "sweep: 1 run, 0 already done, 0 failed" in out, out
-        assert (user.home / "docs" / "results.md").exists()
+        assert (user.home / "build" / "issue6" / "results.md").exists()
+        assert not (user.home / "docs").exists()  # the distributed-DP page is not overwritten
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_readme_distributed(tmp_path: Path) -> None:
+    """README "Distributed DP" + ``--set rounds=2 --set federation.num_clients=3 --set
+    data.max_samples=600 --set train.model=logreg --set simulation.eval_every=1 --set
+    data.dataset=mnist:FOLDER`` (small; FOLDER is the shared MNIST copy). The distributed run and
+    its central counterpart both train and state the same central epsilon budget."""
+    mnist = shared_data("mnist")
+    sets = [
+        "rounds=2",
+        "federation.num_clients=3",
+        "data.max_samples=600",
+        "train.model=logreg",
+        "simulation.eval_every=1",
+        f"data.dataset=mnist:{mnist}",
+    ]
+    with machines(tmp_path, ["user"]) as hosts:
+        user = hosts["user"]
+        (user.home / "simulations").symlink_to(ROOT / "simulations")
+        out = user.run(
+            small("fedpriv simulate --config simulations/mnist/distributed-5k.toml", sets)
+            + " --out runs/dist",
+            timeout=900,
+        )
+        assert_readable(out)
+        assert re.search(r"round 2/2 .*\n", out) and "final held-out accuracy" in out, out
+        m = json.loads((user.home / "runs" / "dist" / "metrics.json").read_text())
+        assert m["privacy_mode"] == "distributed" and m["distributed"]["k_min"] == 3
+        assert m["distributed_replay"]["mismatches"] == []
+        out = user.run(
+            small("fedpriv central --config simulations/mnist/distributed-5k.toml", sets),
+            timeout=900,
+        )
+        res = json.loads(out.strip().splitlines()[-1])
+        assert res["steps"] == 2 and res["evaluated_on"] == "test", res
+        assert res["epsilon"] == pytest.approx(3.0, rel=0.05), res
 
 
 @pytest.mark.slow
@@ -590,7 +637,7 @@ def test_readme_benchmarks() -> None:
     """README "Benchmarks": each script takes minutes to hours and rewrites
     benchmarks/results/, so it is run with --help (imports and arguments); benchmarks.tables,
     which only reads, runs as written."""
-    for name in ("he", "dp", "round", "scale", "edge"):
+    for name in ("he", "dp", "round", "scale", "edge", "distributed_round", "distributed"):
         res = subprocess.run(
             [sys.executable, "-m", f"benchmarks.{name}", "--help"],
             cwd=ROOT,

@@ -21,7 +21,7 @@ NAMES = (
     "he",
     "edge",
     "round",
-    "distributed",
+    "distributed_round",
     "scale",
 )
 TARGETS = (

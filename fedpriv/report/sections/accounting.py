@@ -91,6 +91,47 @@ def _client_records(f: RunFacts) -> dict[str, Any]:
     }
 
 
+def _distributed(f: RunFacts, per_client: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Distributed DP: the plan and epsilon against each coalition of server and clients."""
+    from fedpriv.privacy.distributed import coalition_epsilons
+
+    plan = f.distributed
+    if plan is None:
+        return None
+    hists = [pc["history"] for pc in per_client if pc["history"]]
+    longest: list[Any] = max(hists, key=lambda h: sum(int(e[2]) for e in h), default=[])
+    hist = [DpEvent.from_any(e) for e in longest]
+    k, t = int(plan["k_min"]), int(plan["decrypt_threshold"])
+    delta = float(plan["delta"])
+    acc = str(plan.get("accountant", "prv"))
+    rows = [
+        {
+            "clients": c,
+            "epsilon": finite(eps),
+            "sees": "nothing but ciphertext and aggregates"
+            if c == 0
+            else "individual updates (one noise share each)"
+            if c >= t
+            else f"the aggregates, minus its {c} noise share(s)",
+        }
+        for c, eps in coalition_epsilons(hist, delta, k, t, accountant=acc)
+    ]
+    return {
+        "plan": {k2: plan[k2] for k2 in sorted(plan) if not isinstance(plan[k2], (dict, list))},
+        "history": [e.as_list() for e in hist],
+        "coalitions": rows,
+        "custody": str(plan["custody"]),
+        "decrypt_threshold": t,
+        "statement": (
+            "Against the server and anyone who sees only aggregates: the central epsilon of the"
+            " history [sigma_effective, q, steps]. A coalition of the server and c < T clients"
+            " removes its c noise shares (sigma x sqrt((k_min - c)/k_min)); from T clients on it"
+            " decrypts single updates, each with one share (sigma / sqrt(k_min)). PRV, or RDP"
+            " where PRV gives up at tiny noise."
+        ),
+    }
+
+
 def build_accounting(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
     m, dp = f.metrics, f.record_dp
     delta = float(m.get("delta", 0.0)) if dp else None
@@ -200,6 +241,8 @@ def build_accounting(f: RunFacts, done: Mapping[str, Any]) -> dict[str, Any]:
         " any accountant for the Poisson-subsampled Gaussian mechanism)",
         "client_level": _client_level(f),
         "client_records": _client_records(f),
+        # Only in distributed runs (the key is optional in schema 1.x).
+        **({"distributed": _distributed(f, per_client)} if f.distributed is not None else {}),
     }
 
 
@@ -228,6 +271,21 @@ def _render_client_level(a: Mapping[str, Any]) -> str:
             ),
             ("approximations", esc(cl["approximations"])),
         ]
+    )
+
+
+def _render_distributed(a: Mapping[str, Any]) -> str:
+    d = a.get("distributed")
+    if not d:
+        return ""
+    rows = [
+        [esc(x["clients"]), esc(eps_text(x["epsilon"])), esc(x["sees"])] for x in d["coalitions"]
+    ]
+    return (
+        "<p><b>Distributed DP: epsilon against coalitions</b> (custody"
+        f" {esc(d['custody'])}, decryption needs {esc(d['decrypt_threshold'])} client(s))</p>"
+        + table(["server + c clients", "\u03b5", "what the coalition sees"], rows, numeric=(0, 1))
+        + f"<p class='source'>{esc(d['statement'])}</p>"
     )
 
 
@@ -307,6 +365,7 @@ def render_accounting(r: Mapping[str, Any]) -> str:
         + "<p>Cumulative \u03b5 per client after each round (\u2716 = refused):</p>"
         + per_round
         + _render_client_level(a)
+        + _render_distributed(a)
     )
 
 
