@@ -134,7 +134,13 @@ def simulate(
     except KeyboardInterrupt:
         raise _interrupted(cfg, rd) from None
     finally:
+        workers = _ray_descendants()  # while they are still ours
         _shutdown_ray()
+        # A loaded machine can keep idle actors alive long after shutdown: never leave them.
+        if workers:
+            from fedpriv.runs.interrupt import reap
+
+            reap(workers, timeout=10.0)
     return _finish(cfg, rd, prep, engine=engine, seconds=time.perf_counter() - t_start)
 
 
@@ -381,6 +387,23 @@ def _backend_config(cfg: RunConfig) -> dict[str, Any]:
         "client_resources": {"num_cpus": cfg.simulation.num_cpus_per_client, "num_gpus": 0.0},
         "init_args": init,
     }
+
+
+def _ray_descendants() -> list[int]:
+    """This process' descendants that belong to the Ray instance a run started (its workers,
+    raylet, GCS): nothing else a notebook may have started."""
+    from fedpriv.deploy.processes import descendants
+
+    pids = []
+    for pid in descendants(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except OSError:
+            continue
+        if b"ray::" in cmd or b"/ray/" in cmd:
+            pids.append(pid)
+    return pids
 
 
 def _shutdown_ray() -> None:

@@ -508,7 +508,9 @@ def test_restarted_client_continues_its_cumulative_epsilon(federation: Federatio
     state_file = f.state(1) / "privacy_state.json"
     assert state_file.stat().st_mode & 0o077 == 0
     st = ClientPrivacyState.from_json(state_file.read_text())
-    assert list(st.rounds_trained) == [1, 2]
+    (run,) = st.runs  # one run on this device's data: its epsilon is the lifetime epsilon
+    assert list(run.rounds_trained) == [1, 2]
+    assert st.run_epsilon(run.run_id) == pytest.approx(e2, rel=1e-9)
     assert st.epsilon() == pytest.approx(e2, rel=1e-9)
     hist = [DpEvent.from_any(h) for h in st.to_dict()["history"]]
     assert opacus_epsilon(hist, st.delta, st.accountant) == pytest.approx(e2, rel=1e-9)

@@ -252,10 +252,10 @@ def test_killed_supernode_and_restarted_superlink(tmp_path: Path) -> None:
         rounds = m["rounds"]
         assert [r["round"] for r in rounds] == [1, 2, 3]
         assert [r["accepted"] for r in rounds] == [2, 3, 3]
-        # Round 1: the killed node's update is missing (keyed by its node id: it never
-        # answered, so the server never learned its client id); the other two were accepted.
+        # Round 1: the killed node's update is missing (keyed by its node id: it never sent a
+        # signed record naming its client); the other two were accepted.
         r1 = rounds[0]["clients"]
-        killed = r1[str(old_nodes["client-2"])]
+        killed = r1[f"node-{old_nodes['client-2']}"]
         assert killed["status"] == "failed" and "no reply" in killed["reason"], killed
         assert r1["client-0"]["status"] == r1["client-1"]["status"] == "accepted"
         assert rounds[0]["failed"] == 1 and len(r1) == 3

@@ -754,14 +754,14 @@ def _port_in(cmd: str, port: int) -> str:
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_readme_deployment(tmp_path: Path) -> None:
+def test_readme_deployment(short_tmp: Path) -> None:
     """README "Deployment": dealer and server share a folder (``fed/``), each device has its
     own folder with ``fed`` linked in and its ``local.csv``; the client line runs once per
     device with its bundle (client-0, -1, -2); exp.toml: 3 clients, 1 round."""
     from fedpriv.deploy.processes import free_port
 
     port = free_port()
-    with machines(tmp_path, ["server", "dev0", "dev1", "dev2"]) as hosts:
+    with machines(short_tmp, ["server", "dev0", "dev1", "dev2"]) as hosts:
         server = hosts["server"]
         _, devices = _write_experiment(server.home, rounds=1)
         server.run(
