@@ -46,7 +46,7 @@ SMALL = [
     "federation.num_clients=3",
     "train.model=logreg",
     "privacy.noise_multiplier=1.0",
-    "federation.round_timeout_s=120",
+    "federation.round_timeout_s=300",  # round 1 starts Ray actors: minutes on a loaded machine
 ]
 
 

@@ -35,7 +35,7 @@ BASE = [
     "train.local_epochs=1",
     "privacy.noise_multiplier=1.0",
     "data.partitioner=iid",
-    "federation.round_timeout_s=120",
+    "federation.round_timeout_s=300",  # round 1 starts Ray actors: minutes on a loaded machine
 ]
 THRESHOLD = ["encryption.key_custody=threshold"]  # T = 3 of 4 (a majority)
 

@@ -47,7 +47,7 @@ BASE = [
     "train.model=logreg",
     "train.local_epochs=1",
     "privacy.noise_multiplier=1.0",
-    "federation.round_timeout_s=120",
+    "federation.round_timeout_s=300",  # round 1 starts Ray actors: minutes on a loaded machine
     "encryption.key_custody=threshold",  # T = 3 of 4
 ]
 VICTIM, COLLUDERS, HONEST = "client-0", ("client-1", "client-2"), "client-3"
