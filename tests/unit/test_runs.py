@@ -67,7 +67,7 @@ def test_flower_run_config_round_trip(tmp_path: Path) -> None:
     assert back == rc
     assert back.allowed_node_ids() == {3, 5}
     assert back.node_ids() == {"client-0": 3, "client-1": 5}
-    assert back.run_folder(7) == Path('/x/run "1"')
+    assert back.run_folder(7) == Path("/", "x", 'run "1"')  # quotes survive the TOML round trip
     assert FlowerRunConfig().run_folder(7) == default_run_dir(run_id=7)
 
 
