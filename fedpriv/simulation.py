@@ -118,6 +118,8 @@ def simulate(
         write_config(cfg, rd.root)
     if not rd.keys.exists():
         deal_run_keys(prep, rd)
+    # Ray processes that were here before the run (a cluster the caller started) are not ours.
+    before = set(_ray_descendants())
     try:
         with _shared_accountant_memo():
             _run_engine(
@@ -134,9 +136,12 @@ def simulate(
     except KeyboardInterrupt:
         raise _interrupted(cfg, rd) from None
     finally:
-        workers = _ray_descendants()  # while they are still ours
+        # The run's own Ray (not a cluster given by address): remember its processes while
+        # they are still our descendants; a loaded machine can keep idle actors alive long
+        # after shutdown, and a run never leaves them behind.
+        own = not cfg.simulation.ray_address
+        workers = [p for p in _ray_descendants() if p not in before] if own else []
         _shutdown_ray()
-        # A loaded machine can keep idle actors alive long after shutdown: never leave them.
         if workers:
             from fedpriv.runs.interrupt import reap
 
