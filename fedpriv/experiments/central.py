@@ -56,7 +56,8 @@ def central_datasets(
     cfg: RunConfig, validation_fraction: float = 0.0
 ) -> tuple[ArrayDataset, ArrayDataset, str]:
     """(training union, evaluation set, its name): the records the federation trains on."""
-    from fedpriv.data import ArrayDataset, client_datasets, load_dataset
+    from fedpriv.data import ArrayDataset, load_dataset
+    from fedpriv.runs.prepare import client_partitions
 
     d = cfg.data
     train, test = load_dataset(
@@ -67,19 +68,7 @@ def central_datasets(
         max_samples=d.max_samples,
         validation_fraction=d.validation_fraction,
     )
-    parts = [
-        client_datasets(
-            train,
-            i,
-            cfg.federation.num_clients,
-            partitioner=d.partitioner,
-            alpha=d.alpha,
-            classes_per_partition=d.classes_per_partition,
-            test_fraction=d.test_fraction,
-            seed=cfg.seed,
-        )[0]
-        for i in range(cfg.federation.num_clients)
-    ]
+    parts = client_partitions(cfg, train)
     x = np.concatenate([p.x for p in parts])
     y = np.concatenate([p.y for p in parts])
     if validation_fraction <= 0:

@@ -45,26 +45,29 @@ class PreparedRun:
         return int(self.config.encryption.max_examples_per_client or max(self.sizes))
 
 
-def partition_sizes(cfg: RunConfig, train: Any) -> list[int]:
-    """Training examples of each client's partition (after its local test split)."""
+def client_partitions(cfg: RunConfig, train: Any) -> list[Any]:
+    """Each client's training partition (after its local test split), as the run splits it."""
     from fedpriv.data import client_datasets
 
     d = cfg.data
     return [
-        len(
-            client_datasets(
-                train,
-                i,
-                cfg.federation.num_clients,
-                partitioner=d.partitioner,
-                alpha=d.alpha,
-                classes_per_partition=d.classes_per_partition,
-                test_fraction=d.test_fraction,
-                seed=cfg.seed,
-            )[0]
-        )
+        client_datasets(
+            train,
+            i,
+            cfg.federation.num_clients,
+            partitioner=d.partitioner,
+            alpha=d.alpha,
+            classes_per_partition=d.classes_per_partition,
+            test_fraction=d.test_fraction,
+            seed=cfg.seed,
+        )[0]
         for i in range(cfg.federation.num_clients)
     ]
+
+
+def partition_sizes(cfg: RunConfig, train: Any) -> list[int]:
+    """Training examples of each client's partition (after its local test split)."""
+    return [len(p) for p in client_partitions(cfg, train)]
 
 
 def check_value_range(cfg: RunConfig, weights: np.ndarray) -> None:
