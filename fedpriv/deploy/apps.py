@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore.run import Run
 
 from fedpriv.errors import ConfigError
 from fedpriv.runs.flwr_config import FlowerRunConfig
+from fedpriv.runs.stoppable import DelegatingGrid
 
 __all__ = [
     "AllowListGrid",
@@ -30,29 +30,12 @@ __all__ = [
 ]
 
 
-class AllowListGrid(Grid):
+class AllowListGrid(DelegatingGrid):
     """A Grid that only shows (and only sends to) an allow-list of node ids."""
 
     def __init__(self, inner: Grid, allowed: set[int]) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._allowed = allowed
-
-    def set_run(self, run: Run) -> None:
-        self._inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._inner.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self._inner.get_node_ids() if int(n) in self._allowed]
@@ -69,9 +52,6 @@ class AllowListGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self._inner.push_messages(self._check(messages))
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._inner.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
