@@ -32,20 +32,33 @@ import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CONFIG = """\
-name = "deploy-e2e"
-seed = 3
-rounds = 2
+
+def experiment_toml(
+    name: str,
+    *,
+    seed: int = 3,
+    rounds: int = 2,
+    num_clients: int = 3,
+    round_timeout_s: int = 240,
+    federation_extra: str = "",
+    encryption_extra: str = "",
+) -> str:
+    """The deployment tests' experiment: digits over ``num_clients`` devices, logistic
+    regression, record-level DP with a fixed noise multiplier, BFV."""
+    return f"""\
+name = "{name}"
+seed = {seed}
+rounds = {rounds}
 
 [data]
 dataset = "digits"
 partitioner = "iid"
 
 [federation]
-num_clients = 3
+num_clients = {num_clients}
 fraction_train = 1.0
 fraction_evaluate = 0.0
-round_timeout_s = 240
+{federation_extra}round_timeout_s = {round_timeout_s}
 
 [train]
 model = "logreg"
@@ -61,7 +74,10 @@ accountant = "rdp"
 
 [encryption]
 scheme = "bfv"
-"""
+{encryption_extra}"""
+
+
+CONFIG = experiment_toml("deploy-e2e")
 
 FLOWER_NAMES = (
     "flower-superlink",

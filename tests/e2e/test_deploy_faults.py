@@ -33,6 +33,7 @@ from tests.e2e.test_deploy import (
     _client_cli,
     _connected,
     _warm_log,
+    experiment_toml,
     fedpriv,
     free_port,
     kill_leftovers,
@@ -42,37 +43,13 @@ from tests.e2e.test_deploy import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CONFIG = """\
-name = "deploy-faults"
-seed = 5
-rounds = 3
-
-[data]
-dataset = "digits"
-partitioner = "iid"
-
-[federation]
-num_clients = 3
-fraction_train = 1.0
-fraction_evaluate = 0.0
-min_train_clients = 2
-round_timeout_s = 35
-
-[train]
-model = "logreg"
-local_epochs = 1
-batch_size = 32
-learning_rate = 0.5
-
-[privacy]
-mode = "record"
-noise_multiplier = 1.0
-max_epsilon = 50.0
-accountant = "rdp"
-
-[encryption]
-scheme = "bfv"
-"""
+CONFIG = experiment_toml(
+    "deploy-faults",
+    seed=5,
+    rounds=3,
+    round_timeout_s=35,
+    federation_extra="min_train_clients = 2\n",
+)
 
 
 def _server_cli(root: Path, port: int, suffix: str = "") -> Cli:

@@ -24,6 +24,7 @@ import pytest
 
 from tests.e2e.test_deploy import (
     Cli,
+    experiment_toml,
     fedpriv,
     free_port,
     kill_leftovers,
@@ -33,38 +34,9 @@ from tests.e2e.test_deploy import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CONFIG = """\
-name = "deploy-threshold"
-seed = 3
-rounds = 2
-
-[data]
-dataset = "digits"
-partitioner = "iid"
-
-[federation]
-num_clients = 3
-fraction_train = 1.0
-fraction_evaluate = 0.0
-round_timeout_s = 240
-
-[train]
-model = "logreg"
-local_epochs = 1
-batch_size = 32
-learning_rate = 0.5
-
-[privacy]
-mode = "record"
-noise_multiplier = 1.0
-max_epsilon = 50.0
-accountant = "rdp"
-
-[encryption]
-scheme = "bfv"
-key_custody = "threshold"
-threshold = 2
-"""
+CONFIG = experiment_toml(
+    "deploy-threshold", encryption_extra='key_custody = "threshold"\nthreshold = 2\n'
+)
 
 
 @dataclass

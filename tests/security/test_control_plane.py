@@ -35,6 +35,7 @@ import pytest
 
 from tests.e2e.test_deploy import (
     Cli,
+    experiment_toml,
     fedpriv,
     free_port,
     kill_leftovers,
@@ -44,36 +45,7 @@ from tests.e2e.test_deploy import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CONFIG = """\
-name = "control-plane"
-seed = 5
-rounds = 1
-
-[data]
-dataset = "digits"
-partitioner = "iid"
-
-[federation]
-num_clients = 2
-fraction_train = 1.0
-fraction_evaluate = 0.0
-round_timeout_s = 240
-
-[train]
-model = "logreg"
-local_epochs = 1
-batch_size = 32
-learning_rate = 0.5
-
-[privacy]
-mode = "record"
-noise_multiplier = 1.0
-max_epsilon = 50.0
-accountant = "rdp"
-
-[encryption]
-scheme = "bfv"
-"""
+CONFIG = experiment_toml("control-plane", seed=5, rounds=1, num_clients=2)
 
 REFUSED = {401, 403, 404}
 
