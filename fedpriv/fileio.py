@@ -11,7 +11,9 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "fedpriv_home"]
+from fedpriv.errors import CryptoError
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "fedpriv_home", "read_owner_only"]
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -41,3 +43,20 @@ def fedpriv_home() -> Path:
     (signing keys, device and server state, the run folders of a bare ``flwr run``)."""
     env = os.environ.get("FEDPRIV_HOME", "")
     return Path(env).expanduser() if env else Path.home() / ".fedpriv"
+
+
+def read_owner_only(path: Path, what: str, *, missing: str | None = None) -> bytes:
+    """The bytes of a secret file (``what`` names it in errors); refused when group or others
+    can access it. ``missing``: the message when the file does not exist."""
+    try:
+        st = path.stat()
+        if os.name == "posix" and st.st_mode & 0o077:
+            raise CryptoError(
+                f"{what} {path} is accessible by other users "
+                f"(mode {st.st_mode & 0o777:o}); run: chmod 600 {path}"
+            )
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise CryptoError(missing or f"cannot read {what} {path}: {e}") from None
+    except OSError as e:
+        raise CryptoError(f"cannot read {what} {path}: {e}") from None

@@ -17,7 +17,7 @@ from fedpriv.crypto.bfv import BfvPublic, BfvSecret
 from fedpriv.crypto.ckks import CkksPublic, CkksSecret
 from fedpriv.crypto.params import KIND_AGGREGATE, KIND_UPDATE, HEParams
 from fedpriv.errors import CryptoError, WireError
-from fedpriv.fileio import atomic_write_bytes
+from fedpriv.fileio import atomic_write_bytes, read_owner_only
 from fedpriv.privacy.rng import DpRandom, OsRandom
 
 __all__ = [
@@ -335,17 +335,7 @@ class KeyHolder:
         target = Path(path)
         if target.is_dir():
             target = target / KEY_FILE_NAME
-        try:
-            st = target.stat()
-            if os.name == "posix" and st.st_mode & 0o077:
-                raise CryptoError(
-                    f"key file {target} is accessible by other users "
-                    f"(mode {st.st_mode & 0o777:o}); run: chmod 600 {target}"
-                )
-            data = target.read_bytes()
-        except OSError as e:
-            raise CryptoError(f"cannot read key file {target}: {e}") from None
-        return cls.from_bytes(data)
+        return cls.from_bytes(read_owner_only(target, "key file"))
 
 
 class Aggregator:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 
 from fedpriv.errors import CryptoError, StateError, WireError
-from fedpriv.fileio import atomic_write_bytes, atomic_write_text
+from fedpriv.fileio import atomic_write_bytes, atomic_write_text, read_owner_only
 
 if TYPE_CHECKING:
     from fedpriv.config import RunConfig
@@ -155,20 +155,11 @@ def write_mask_key(path: Path, key: bytes) -> None:
 
 def load_mask_key(path: Path) -> bytes:
     """The federation mask key; refused when readable by others or of the wrong size."""
-    try:
-        st = path.stat()
-        if os.name == "posix" and st.st_mode & 0o077:
-            raise CryptoError(
-                f"mask key {path} is accessible by other users (mode {st.st_mode & 0o777:o}); "
-                f"run: chmod 600 {path}"
-            )
-        key = path.read_bytes()
-    except FileNotFoundError:
-        raise CryptoError(
-            f"{path}: mask key not found; this client cannot finish a threshold decryption"
-        ) from None
-    except OSError as exc:
-        raise CryptoError(f"cannot read mask key {path}: {exc}") from None
+    key = read_owner_only(
+        path,
+        "mask key",
+        missing=f"{path}: mask key not found; this client cannot finish a threshold decryption",
+    )
     if len(key) != _MASK_KEY_BYTES:
         raise CryptoError(f"{path}: a mask key has {_MASK_KEY_BYTES} bytes, got {len(key)}")
     return key

@@ -64,7 +64,7 @@ from fedpriv.crypto.rq import (
 )
 from fedpriv.crypto.tparams import SEAL_NOISE_MAX, ThresholdParams
 from fedpriv.errors import CryptoError, WireError
-from fedpriv.fileio import atomic_write_bytes
+from fedpriv.fileio import atomic_write_bytes, read_owner_only
 from fedpriv.privacy.rng import DpRandom
 
 __all__ = [
@@ -756,17 +756,7 @@ class KeyShare:
         target = Path(path)
         if target.is_dir():
             target = target / SHARE_FILE_NAME
-        try:
-            st = target.stat()
-            if os.name == "posix" and st.st_mode & 0o077:
-                raise CryptoError(
-                    f"key share {target} is accessible by other users "
-                    f"(mode {st.st_mode & 0o777:o}); run: chmod 600 {target}"
-                )
-            data = target.read_bytes()
-        except OSError as e:
-            raise CryptoError(f"cannot read key share {target}: {e}") from None
-        return cls.from_bytes(data, params)
+        return cls.from_bytes(read_owner_only(target, "key share"), params)
 
 
 @lru_cache(maxsize=8)
