@@ -381,15 +381,22 @@ class EncryptedFedAvg(ThresholdDecryption, Strategy):
         # Threshold custody: the global model changes only once T share holders decrypted it.
         return ArrayRecord(), MetricRecord({"accepted": rec.accepted})
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
+    def _sample_evaluators(self, grid: Grid) -> list[int]:
+        """This round's evaluators (none before a global model exists), recorded."""
         if self.global_blob is None or self.eval_size == 0:
             return []
         nodes = sorted(grid.get_node_ids())
         nodes = sorted(self._rng.sample(nodes, min(self.eval_size, len(nodes))))
         if self._current is not None:
             self._current.eval_sampled = nodes
+        return nodes
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        nodes = self._sample_evaluators(grid)
+        if not nodes:
+            return []
         content = build_instruction(self._instruction(server_round))
         return [
             Message(content=content, dst_node_id=n, message_type=MessageType.EVALUATE)

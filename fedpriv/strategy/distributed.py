@@ -105,13 +105,8 @@ class DistributedFedAvg(EncryptedFedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        if self.global_blob is None or self.eval_size == 0:
-            return []
-        nodes = sorted(grid.get_node_ids())
-        nodes = sorted(self._rng.sample(nodes, min(self.eval_size, len(nodes))))
-        if self._current is not None:
-            self._current.eval_sampled = nodes
-        return self._messages(server_round, nodes, MessageType.EVALUATE)
+        nodes = self._sample_evaluators(grid)
+        return self._messages(server_round, nodes, MessageType.EVALUATE) if nodes else []
 
     def _check_record(
         self, fmt: str, record: str, signature: bytes, client_id: str, node: int, rnd: int
