@@ -28,6 +28,7 @@ from fedpriv.errors import ConfigError, FedprivError, RunFailedError, RunInterru
 from fedpriv.fileio import atomic_write_text
 from fedpriv.runs.folder import RunDir, check_run_dir, default_run_dir, write_config
 from fedpriv.runs.prepare import PreparedRun, deal_run_keys, partition_sizes, prepare_run
+from fedpriv.runs.rayproc import RAY_WORKER_NICENESS, ray_descendants, shutdown_ray
 from fedpriv.runs.result import RoundResult, RunResult, round_result
 
 __all__ = ["ENGINES", "RunResult", "partition_sizes", "project_folder", "simulate"]
@@ -119,7 +120,7 @@ def simulate(
     if not rd.keys.exists():
         deal_run_keys(prep, rd)
     # Ray processes that were here before the run (a cluster the caller started) are not ours.
-    before = set(_ray_descendants())
+    before = set(ray_descendants())
     try:
         with _shared_accountant_memo():
             _run_engine(
@@ -140,8 +141,8 @@ def simulate(
         # they are still our descendants; a loaded machine can keep idle actors alive long
         # after shutdown, and a run never leaves them behind.
         own = not cfg.simulation.ray_address
-        workers = [p for p in _ray_descendants() if p not in before] if own else []
-        _shutdown_ray()
+        workers = [p for p in ray_descendants() if p not in before] if own else []
+        shutdown_ray()
         if workers:
             from fedpriv.runs.interrupt import reap
 
@@ -345,7 +346,7 @@ def _run_python_engine(
         stop.set()  # the ServerApp thread stops at its next poll
         if not ray_procs:
             remember_ray()
-        _shutdown_ray()
+        shutdown_ray()
         reap(ray_procs)
         raise
     except FedprivError:
@@ -383,6 +384,7 @@ def _backend_config(cfg: RunConfig) -> dict[str, Any]:
     # CPU-only clients: Ray's future default (leave the accelerator variables alone), which also
     # silences the FutureWarning it prints on every start
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault(*RAY_WORKER_NICENESS)
     init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if cfg.simulation.ray_address:
         init = {"address": cfg.simulation.ray_address}
@@ -392,30 +394,3 @@ def _backend_config(cfg: RunConfig) -> dict[str, Any]:
         "client_resources": {"num_cpus": cfg.simulation.num_cpus_per_client, "num_gpus": 0.0},
         "init_args": init,
     }
-
-
-def _ray_descendants() -> list[int]:
-    """This process' descendants that belong to the Ray instance a run started (its workers,
-    raylet, GCS): nothing else a notebook may have started."""
-    from fedpriv.deploy.processes import descendants
-
-    pids = []
-    for pid in descendants(os.getpid()):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                cmd = fh.read()
-        except OSError:
-            continue
-        if b"ray::" in cmd or b"/ray/" in cmd:
-            pids.append(pid)
-    return pids
-
-
-def _shutdown_ray() -> None:
-    try:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-    except ImportError:  # pragma: no cover - ray is a hard dependency via flwr[simulation]
-        pass

@@ -31,6 +31,7 @@ from typing import Any
 from fedpriv.deploy.processes import descendants, flower_exe, free_port
 from fedpriv.errors import FedprivError, RunFailedError
 from fedpriv.runs.flwr_config import FlowerRunConfig
+from fedpriv.runs.rayproc import RAY_WORKER_NICENESS
 
 __all__ = [
     "COMPLETED",
@@ -85,6 +86,7 @@ class FlwrCli:
         (home / "config.toml").write_text(toml, encoding="utf-8")
         if token is not None:
             _store_token(home, address, token)
+        self._env_defaults: dict[str, str] = {}
         self._env_extra: dict[str, str] = {}
 
     @classmethod
@@ -105,6 +107,9 @@ class FlwrCli:
             'address = ":local:"\n'
         )
         (home / "config.toml").write_text(toml, encoding="utf-8")
+        # The local SuperLink starts Ray: its workers are the virtual devices (unless the user
+        # set a niceness, see fedpriv.runs.rayproc).
+        self._env_defaults = dict([RAY_WORKER_NICENESS])
         self._env_extra = {
             "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
             "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
@@ -114,6 +119,7 @@ class FlwrCli:
     def env(self) -> dict[str, str]:
         """Environment for Flower commands."""
         return {
+            **self._env_defaults,
             **os.environ,
             "FLWR_HOME": str(self.home),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",

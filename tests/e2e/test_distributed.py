@@ -86,7 +86,9 @@ def test_a_client_that_missed_rounds_catches_up(tmp_path: Path) -> None:
     from fedpriv.apps.client import ClientSettings
     from fedpriv.privacy.policy import DevicePolicy
 
-    cfg = load_config(None, [*_BASE, "rounds=5", "federation.min_train_clients=2"])
+    # A lost message costs a round timeout, not the whole test's (the rounds go on with k_min 2).
+    more = ["rounds=5", "federation.min_train_clients=2", "federation.round_timeout_s=240"]
+    cfg = load_config(None, [*_BASE, *more])
     run = tmp_path / "run"
     app = make_faulty_client_app(
         ClientSettings(
