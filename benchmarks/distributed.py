@@ -104,7 +104,6 @@ def run(rounds: int) -> dict[str, Any]:
         CONFIG,
         [f'data.dataset="mnist:{SHARED_MNIST}"', f"rounds={rounds}", "simulation.eval_every=10"],
     )
-    os.environ.setdefault("RAY_worker_niceness", "0")  # see simulations/mnist/run_sweep.sh
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, CpuSampler() as cpu:
         t0 = time.perf_counter()

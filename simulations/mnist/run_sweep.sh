@@ -5,9 +5,6 @@
 # Safe to stop and start again at any time.
 set -u
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-# Ray lowers its workers' priority by default; on a machine shared with other work the
-# simulation would then mostly wait. Same priority as the driver:
-export RAY_worker_niceness=${RAY_worker_niceness:-0}
 S5=simulations/mnist/sweep-5k.toml
 S60=simulations/mnist/sweep-60k.toml
 step() { echo "=== $(date -u +%FT%TZ) $*"; python3 -m fedpriv.cli.main sweep run "$@"; }

@@ -5,7 +5,6 @@
 # Usage: simulations/mnist/tune_federated.sh BASE.toml OUT.jsonl "KEY=V ..." ["KEY=V ..."]...
 set -u
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-export RAY_worker_niceness=${RAY_worker_niceness:-0}
 base=$1; out=$2; shift 2
 tmp=$(mktemp -d)
 for combo in "$@"; do
