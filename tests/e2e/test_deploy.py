@@ -20,9 +20,7 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,202 +28,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def experiment_toml(
-    name: str,
-    *,
-    seed: int = 3,
-    rounds: int = 2,
-    num_clients: int = 3,
-    round_timeout_s: int = 240,
-    federation_extra: str = "",
-    encryption_extra: str = "",
-) -> str:
-    """The deployment tests' experiment: digits over ``num_clients`` devices, logistic
-    regression, record-level DP with a fixed noise multiplier, BFV."""
-    return f"""\
-name = "{name}"
-seed = {seed}
-rounds = {rounds}
-
-[data]
-dataset = "digits"
-partitioner = "iid"
-
-[federation]
-num_clients = {num_clients}
-fraction_train = 1.0
-fraction_evaluate = 0.0
-{federation_extra}round_timeout_s = {round_timeout_s}
-
-[train]
-model = "logreg"
-local_epochs = 1
-batch_size = 32
-learning_rate = 0.5
-
-[privacy]
-mode = "record"
-noise_multiplier = 1.0
-max_epsilon = 50.0
-accountant = "rdp"
-
-[encryption]
-scheme = "bfv"
-{encryption_extra}"""
-
-
-CONFIG = experiment_toml("deploy-e2e")
-
-FLOWER_NAMES = (
-    "flower-superlink",
-    "flower-supernode",
-    "flower-superexec",
-    "flwr-serverapp",
-    "flwr-clientapp",
-    "fedpriv.deploy.clientapp",
-    "nginx",  # the server's proxy (its title names its folder under the test's root)
+from tests.e2e.deploy_harness import (
+    Cli,
+    client_cli,
+    connected,
+    deploy_env,
+    experiment_toml,
+    fedpriv,
+    free_port,
+    leftover_processes,
+    run_cli,
+    server_side_files,
+    serverapp_pids,
+    start_server,
+    stop_all,
+    wait_for,
+    warm_log,
 )
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-# ----------------------------------------------------------------------------- process harness
-@dataclass
-class Cli:
-    """A long-running ``fedpriv`` command in its own process group."""
-
-    name: str
-    args: list[str]
-    log: Path
-    popen: subprocess.Popen[bytes] | None = None
-
-    def start(self, env: dict[str, str], cwd: Path) -> Cli:
-        fh = open(self.log, "ab")  # noqa: SIM115 - handed to the child
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "fedpriv.cli.main", *self.args],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-        fh.close()
-        return self
-
-    @property
-    def pgid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pgid, sig)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.popen is None:
-            return
-        self.signal_group(signal.SIGCONT)
-        self.signal_group(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal_group(signal.SIGKILL)
-            self.popen.wait(10)
-        # children of the group that outlived the leader
-        self.signal_group(signal.SIGKILL)
-
-    def text(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
-
-
-def wait_for(pred, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def _proc_refs(pid: int) -> tuple[str, str]:
-    try:
-        cmd = (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-        cwd = os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return "", ""
-    return cmd, cwd
-
-
-def leftover_processes(root: Path, marker: str = "") -> list[tuple[int, str]]:
-    """Flower/fedpriv processes whose command line or working directory is under ``root``, or
-    whose environment carries this test's ``FEDPRIV_TEST_MARK``."""
-    out = []
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        cmd, cwd = _proc_refs(int(entry.name))
-        if not cmd:
-            continue
-        try:
-            state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-        except OSError:
-            continue
-        if state == "Z":
-            continue
-        mine = str(root) in cmd or cwd.startswith(str(root))
-        if not mine and marker:
-            try:
-                mine = (
-                    f"FEDPRIV_TEST_MARK={marker}".encode()
-                    in Path(f"/proc/{entry.name}/environ").read_bytes()
-                )
-            except OSError:
-                mine = False
-        if mine and (any(n in cmd for n in FLOWER_NAMES) or "fedpriv" in cmd):
-            out.append((int(entry.name), cmd[:200]))
-    return out
-
-
-def serverapp_pids(root: Path) -> list[int]:
-    """Running flwr-serverapp processes of this test's SuperLink."""
-    return [pid for pid, cmd in leftover_processes(root) if "flwr-serverapp" in cmd]
-
-
-def kill_leftovers(root: Path, marker: str = "") -> list[tuple[int, str]]:
-    left = leftover_processes(root, marker)
-    for pid, _ in left:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    return left
-
-
-def fedpriv(
-    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fedpriv.cli.main", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def free_port() -> int:
-    from fedpriv.deploy.processes import free_port as fp
-
-    return fp()
+CONFIG = experiment_toml("deploy-e2e")
 
 
 # ----------------------------------------------------------------------------- the federation
@@ -252,44 +75,6 @@ class Federation:
         return self.root / f"state-{i}"
 
 
-def _client_cli(root: Path, port: int, i: int, suffix: str = "") -> Cli:
-    return Cli(
-        f"client-{i}{suffix}",
-        [
-            "client",
-            "start",
-            "--superlink",
-            f"127.0.0.1:{port}",
-            "--bundle",
-            str(root / "fed" / "clients" / f"client-{i}"),
-            "--state-dir",
-            str(root / f"state-{i}"),
-            "--partition-id",
-            str(i),
-            "--num-partitions",
-            "3",
-            "--connect-timeout",
-            "90",
-            # reproducible DP randomness, so the run can be compared with a simulation (tests
-            # only: every record says so and the report marks the run not private)
-            "--insecure-test-seed",
-            "11",
-        ],
-        root / f"client-{i}.out",
-    )
-
-
-def _connected(cli: Cli, count: int = 1) -> bool:
-    if not cli.alive():
-        raise AssertionError(f"{cli.name} exited early:\n{cli.text()[-3000:]}")
-    return cli.text().count("connected to") >= count
-
-
-def _warm_log(root: Path, i: int) -> str:
-    p = root / f"state-{i}" / "logs" / "warm.log"
-    return p.read_text(errors="replace") if p.exists() else ""
-
-
 def _node_ids(state: Path) -> list[int]:
     log = state / "logs" / "supernode.log"
     return [int(m) for m in re.findall(r"SuperNode ID:\s*(\d+)", log.read_text(errors="replace"))]
@@ -298,13 +83,7 @@ def _node_ids(state: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     root = tmp_path_factory.mktemp("deploy")
-    marker = uuid.uuid4().hex
-    env = {
-        **os.environ,
-        "FEDPRIV_HOME": str(root / "fedpriv-home"),
-        "PYTHONUNBUFFERED": "1",
-        "FEDPRIV_TEST_MARK": marker,
-    }
+    env, marker = deploy_env(root)
     cfg_path = root / "cfg.toml"
     cfg_path.write_text(CONFIG)
     procs: list[Cli] = []
@@ -319,60 +98,23 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         assert r.returncode == 0 and "client-2" in r.stdout, r.stderr[-3000:]
         t_keys = time.monotonic() - t0
         port = free_port()
-        server = Cli(
-            "server",
-            [
-                "server",
-                "start",
-                "--bundle",
-                "fed/server",
-                "--address",
-                f"127.0.0.1:{port}",
-                "--state-dir",
-                "server-state",
-            ],
-            root / "server.out",
-        ).start(env, root)
+        server = start_server(root, port, env)
         procs.append(server)
-        wait_for(
-            lambda: "SuperLink ready" in server.text() or not server.alive(), 120, "the SuperLink"
-        )
-        assert server.alive(), server.text()[-3000:]
         t_server = time.monotonic() - t0
-        clients = {i: _client_cli(root, port, i).start(env, root) for i in range(3)}
+        clients = {i: client_cli(root, port, i).start(env, root) for i in range(3)}
         procs.extend(clients.values())
         for c in clients.values():
-            wait_for(lambda c=c: _connected(c), 120, f"{c.name} to connect")
+            wait_for(lambda c=c: connected(c), 120, f"{c.name} to connect")
         for (
             i
         ) in clients:  # the warm ClientApp servers finish importing (else the first tasks run cold)
-            wait_for(lambda i=i: "ready" in _warm_log(root, i), 120, f"client-{i}'s warm server")
+            wait_for(lambda i=i: "ready" in warm_log(root, i), 120, f"client-{i}'s warm server")
         fedn = Federation(
             root, env, port, root / "fed", cfg_path, root / "run", server, clients, procs=procs
         )
         fedn.node_ids["client-1"] = _node_ids(fedn.state(1))
         t_clients = time.monotonic() - t0
-        run = Cli(
-            "run",
-            [
-                "run",
-                "--superlink",
-                fedn.superlink,
-                "--bundle",
-                "fed/server",
-                "--config",
-                str(cfg_path),
-                "--out",
-                str(fedn.run_dir),
-                "--server-state",
-                "server-state",
-                "--node-wait",
-                "120",
-                "--timeout",
-                "600",
-            ],
-            root / "run.out",
-        ).start(env, root)
+        run = run_cli(root, port, cfg_path, fedn.run_dir).start(env, root)
         procs.append(run)
         # The key relay finishes first (client-2 has no secret until then).
         wait_for(
@@ -400,10 +142,10 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
             os.kill(pid, signal.SIGSTOP)
         clients[1].stop()
         assert not clients[1].alive()
-        restarted = _client_cli(root, port, 1).start(env, root)
+        restarted = client_cli(root, port, 1).start(env, root)
         procs.append(restarted)
         clients[1] = restarted
-        wait_for(lambda: _connected(restarted, 2), 120, "client-1 to reconnect")
+        wait_for(lambda: connected(restarted, 2), 120, "client-1 to reconnect")
         fedn.node_ids["client-1"] = _node_ids(fedn.state(1))
         for pid in apps:
             os.kill(pid, signal.SIGCONT)
@@ -425,17 +167,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         for pid in paused:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-        for p in procs:  # all at once: each CLI stops its own children
-            if p.alive():
-                p.signal_group(signal.SIGCONT)
-                p.signal_group(signal.SIGTERM)
-        for p in reversed(procs):
-            p.stop()
-        deadline = time.monotonic() + 15  # Flower's daemons take a moment after a clean stop
-        while leftover_processes(root, marker) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = kill_leftovers(root, marker)
-        assert not left, f"processes left behind: {left}"
+        stop_all(procs, root, marker)
 
 
 # ----------------------------------------------------------------------------- tests
@@ -554,20 +286,10 @@ def test_server_side_never_holds_the_he_secret(federation: Federation) -> None:
         (f.fed / "clients" / "client-0" / "secret.key").read_bytes(), secret, windows
     )
     assert _contains_secret((f.state(2) / "keys" / "secret.key").read_bytes(), secret, windows)
-    server_side = [
-        f.fed / "server",
-        f.root / "server-state",
-        f.run_dir,
-        f.root / "server.out",
-        f.root / "run.out",
-    ]
-    scanned = 0
-    for base in server_side:
-        files = [base] if base.is_file() else [p for p in base.rglob("*") if p.is_file()]
-        for p in files:
-            scanned += 1
-            assert not _contains_secret(p.read_bytes(), secret, windows), f"HE secret found in {p}"
-    assert scanned > 15
+    files = server_side_files(f.root, f.run_dir)
+    for p in files:
+        assert not _contains_secret(p.read_bytes(), secret, windows), f"HE secret found in {p}"
+    assert len(files) > 15
     relayed = list((f.run_dir / "relay").glob("*.sealed"))
     assert [p.name for p in relayed] == ["client-2.sealed"]
     assert not any(p.name in ("secret.key", "he_secret.key") for p in (f.fed / "server").rglob("*"))

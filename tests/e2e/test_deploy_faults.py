@@ -20,25 +20,26 @@ Every process started here is stopped at the end, and none is left behind.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_deploy import (
+from tests.e2e.deploy_harness import (
     Cli,
-    _client_cli,
-    _connected,
-    _warm_log,
+    client_cli,
+    connected,
+    deploy_env,
     experiment_toml,
     fedpriv,
     free_port,
-    kill_leftovers,
     leftover_processes,
+    run_cli,
+    start_server,
+    stop_all,
     wait_for,
+    warm_log,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -52,42 +53,14 @@ CONFIG = experiment_toml(
 )
 
 
-def _server_cli(root: Path, port: int, suffix: str = "") -> Cli:
-    return Cli(
-        f"server{suffix}",
-        [
-            "server",
-            "start",
-            "--bundle",
-            "fed/server",
-            "--address",
-            f"127.0.0.1:{port}",
-            "--state-dir",
-            "server-state",
-        ],
-        root / "server.out",
-    )
-
-
-def _start_server(root: Path, port: int, env: dict[str, str], count: int, suffix: str = "") -> Cli:
-    server = _server_cli(root, port, suffix).start(env, root)
-    wait_for(
-        lambda: server.text().count("SuperLink ready") >= count or not server.alive(),
-        120,
-        "the SuperLink",
-    )
-    assert server.alive(), server.text()[-3000:]
-    return server
-
-
 def _start_clients(root: Path, port: int, env: dict[str, str], count: int) -> dict[int, Cli]:
     """Start the three devices; wait until connected (``count``-th time) and warm."""
-    warm0 = {i: _warm_log(root, i).count("ready") for i in range(3)}
-    clients = {i: _client_cli(root, port, i).start(env, root) for i in range(3)}
+    warm0 = {i: warm_log(root, i).count("ready") for i in range(3)}
+    clients = {i: client_cli(root, port, i).start(env, root) for i in range(3)}
     for c in clients.values():
-        wait_for(lambda c=c: _connected(c, count), 150, f"{c.name} to connect")
+        wait_for(lambda c=c: connected(c, count), 150, f"{c.name} to connect")
     for i in clients:
-        wait_for(lambda i=i: _warm_log(root, i).count("ready") > warm0[i], 150, f"client-{i} warm")
+        wait_for(lambda i=i: warm_log(root, i).count("ready") > warm0[i], 150, f"client-{i} warm")
     return clients
 
 
@@ -132,13 +105,7 @@ def _checkpoint_round(run_dir: Path) -> int:
 
 def test_killed_supernode_and_restarted_superlink(tmp_path: Path) -> None:
     root = tmp_path
-    marker = uuid.uuid4().hex
-    env = {
-        **os.environ,
-        "FEDPRIV_HOME": str(root / "fedpriv-home"),
-        "PYTHONUNBUFFERED": "1",
-        "FEDPRIV_TEST_MARK": marker,
-    }
+    env, marker = deploy_env(root)
     cfg_path = root / "cfg.toml"
     cfg_path.write_text(CONFIG)
     run_dir = root / "run"
@@ -151,32 +118,12 @@ def test_killed_supernode_and_restarted_superlink(tmp_path: Path) -> None:
         )
         assert r.returncode == 0, r.stderr[-3000:]
         port = free_port()
-        server = _start_server(root, port, env, 1)
+        server = start_server(root, port, env, 1)
         procs.append(server)
         clients = _start_clients(root, port, env, 1)
         procs.extend(clients.values())
         timings["clients_ready"] = time.monotonic() - t0
-        run = Cli(
-            "run",
-            [
-                "run",
-                "--superlink",
-                f"127.0.0.1:{port}",
-                "--bundle",
-                "fed/server",
-                "--config",
-                str(cfg_path),
-                "--out",
-                str(run_dir),
-                "--server-state",
-                "server-state",
-                "--node-wait",
-                "120",
-                "--timeout",
-                "600",
-            ],
-            root / "run.out",
-        ).start(env, root)
+        run = run_cli(root, port, cfg_path, run_dir).start(env, root)
         procs.append(run)
 
         # 1. SIGKILL client-2 (its whole process group) while it works on round 1.
@@ -212,7 +159,7 @@ def test_killed_supernode_and_restarted_superlink(tmp_path: Path) -> None:
         run.stop()  # it only polls a SuperLink that no longer knows the run
         for i in (0, 1):
             clients[i].stop()
-        server = _start_server(root, port, env, 2, "-restarted")
+        server = start_server(root, port, env, 2, "-restarted")
         procs.append(server)
         clients = _start_clients(root, port, env, 2)
         procs.extend(clients.values())
@@ -268,14 +215,4 @@ def test_killed_supernode_and_restarted_superlink(tmp_path: Path) -> None:
         timings["evaluated"] = time.monotonic() - t0
         print("fault test timings (s since start):", json.dumps(timings))
     finally:
-        for p in procs:
-            if p.alive():
-                p.signal_group(signal.SIGCONT)
-                p.signal_group(signal.SIGTERM)
-        for p in reversed(procs):
-            p.stop()
-        deadline = time.monotonic() + 15
-        while leftover_processes(root, marker) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = kill_leftovers(root, marker)
-        assert not left, f"processes left behind: {left}"
+        stop_all(procs, root, marker)

@@ -12,23 +12,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_deploy import (
+from tests.e2e.deploy_harness import (
     Cli,
+    client_cli,
+    deploy_env,
     experiment_toml,
     fedpriv,
     free_port,
-    kill_leftovers,
-    leftover_processes,
+    run_cli,
+    server_side_files,
+    start_server,
+    stop_all,
     wait_for,
 )
 
@@ -49,39 +50,10 @@ class Run:
     seconds: float
 
 
-def _client(root: Path, port: int, i: int) -> Cli:
-    return Cli(
-        f"client-{i}",
-        [
-            "client",
-            "start",
-            "--superlink",
-            f"127.0.0.1:{port}",
-            "--bundle",
-            str(root / "fed" / "clients" / f"client-{i}"),
-            "--state-dir",
-            str(root / f"state-{i}"),
-            "--partition-id",
-            str(i),
-            "--num-partitions",
-            "3",
-            "--connect-timeout",
-            "90",
-        ],
-        root / f"client-{i}.out",
-    )
-
-
 @pytest.fixture(scope="module")
 def threshold_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     root = tmp_path_factory.mktemp("deploy-threshold")
-    marker = uuid.uuid4().hex
-    env = {
-        **os.environ,
-        "FEDPRIV_HOME": str(root / "fedpriv-home"),
-        "PYTHONUNBUFFERED": "1",
-        "FEDPRIV_TEST_MARK": marker,
-    }
+    env, marker = deploy_env(root)
     cfg = root / "cfg.toml"
     cfg.write_text(CONFIG)
     procs: list[Cli] = []
@@ -105,67 +77,22 @@ def threshold_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         )
         assert r.returncode == 0 and "2 of 3 nodes decrypt" in r.stdout, r.stderr[-3000:]
         port = free_port()
-        server = Cli(
-            "server",
-            [
-                "server",
-                "start",
-                "--bundle",
-                "fed/server",
-                "--address",
-                f"127.0.0.1:{port}",
-                "--state-dir",
-                "server-state",
-            ],
-            root / "server.out",
-        ).start(env, root)
+        server = start_server(root, port, env)
         procs.append(server)
-        wait_for(lambda: "SuperLink ready" in server.text() or not server.alive(), 120, "SuperLink")
-        assert server.alive(), server.text()[-3000:]
-        clients = [_client(root, port, i).start(env, root) for i in range(3)]
+        clients = [client_cli(root, port, i, seed=None).start(env, root) for i in range(3)]
         procs.extend(clients)
         for c in clients:
             wait_for(lambda c=c: "connected to" in c.text() or not c.alive(), 120, c.name)
             assert c.alive(), c.text()[-3000:]
         t0 = time.monotonic()
-        run = Cli(
-            "run",
-            [
-                "run",
-                "--superlink",
-                f"127.0.0.1:{port}",
-                "--bundle",
-                "fed/server",
-                "--config",
-                str(cfg),
-                "--out",
-                str(root / "run"),
-                "--server-state",
-                "server-state",
-                "--node-wait",
-                "120",
-                "--timeout",
-                "900",
-            ],
-            root / "run.out",
-        ).start(env, root)
+        run = run_cli(root, port, cfg, root / "run", 900).start(env, root)
         procs.append(run)
         assert run.popen is not None
         rc = run.popen.wait(960)
         assert rc == 0, run.text()[-4000:]
         yield Run(root, env, root / "fed", root / "run", run.text(), time.monotonic() - t0)
     finally:
-        for p in procs:
-            if p.alive():
-                p.signal_group(signal.SIGCONT)
-                p.signal_group(signal.SIGTERM)
-        for p in reversed(procs):
-            p.stop()
-        deadline = time.monotonic() + 15
-        while leftover_processes(root, marker) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = kill_leftovers(root, marker)
-        assert not left, f"processes left behind: {left}"
+        stop_all(procs, root, marker)
 
 
 @pytest.mark.usefixtures("no_leftover_processes")
@@ -234,23 +161,12 @@ def test_server_side_holds_no_share_and_no_mask_key(threshold_run: Run) -> None:
         windows += [rows[k : k + 48] for k in range(0, len(rows) - 48, 509)]
         masks.append(load_mask_key(keys / "mask.key"))
     assert any(w in (f.root / "state-0" / "keys" / "he_share.fpkey").read_bytes() for w in windows)
-    server_side = [
-        f.fed / "server",
-        f.root / "server-state",
-        f.run_dir,
-        f.root / "server.out",
-        f.root / "run.out",
-        f.fed / "dealer",
-    ]
-    scanned = 0
-    for base in server_side:
-        files = [base] if base.is_file() else [p for p in base.rglob("*") if p.is_file()]
-        for path in files:
-            scanned += 1
-            data = path.read_bytes()
-            assert not any(w in data for w in windows), f"a key share in {path}"
-            if not path.is_relative_to(f.fed / "dealer"):
-                assert not any(k in data for k in masks), f"the mask key in {path}"
-    assert scanned > 15
+    files = server_side_files(f.root, f.run_dir, f.fed / "dealer")
+    for path in files:
+        data = path.read_bytes()
+        assert not any(w in data for w in windows), f"a key share in {path}"
+        if not path.is_relative_to(f.fed / "dealer"):
+            assert not any(k in data for k in masks), f"the mask key in {path}"
+    assert len(files) > 15
     with contextlib.suppress(FileNotFoundError):
         assert not list((f.fed / "server").rglob("*.fpkey"))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_deploy import (
+from tests.e2e.deploy_harness import (
     Cli,
     experiment_toml,
     fedpriv,
