@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -93,15 +92,9 @@ def test_engine_flwr_ctrl_c_then_resume(tmp_path: Path) -> None:
         "privacy.accountant=rdp",
     ):
         args += ["--set", o]
-    run = Run(args, tmp_path, mark)
-    try:
+    with Run(args, tmp_path, mark) as run:
         wait_for_round(run_dir, 1, run)
-        t0 = time.monotonic()
-        run.ctrl_c()
-        rc = run.p.wait(30)
-        stopped_in = time.monotonic() - t0
-    finally:
-        run.kill()
+        rc, stopped_in = run.interrupt()
     out, err = run.text()
     assert rc == 130, (out, err)
     assert stopped_in < 10.0, f"took {stopped_in:.1f}s to stop"

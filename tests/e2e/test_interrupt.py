@@ -74,8 +74,25 @@ class Run:
             start_new_session=True,
         )
 
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
     def ctrl_c(self) -> None:
         os.killpg(self.p.pid, signal.SIGINT)
+
+    def interrupt(self, presses: int = 1, between_s: float = 0.3) -> tuple[int, float]:
+        """Press Ctrl-C ``presses`` times; the exit status, and seconds from the last press to
+        the exit (at most 30)."""
+        for _ in range(presses - 1):
+            self.ctrl_c()
+            time.sleep(between_s)
+        t0 = time.monotonic()
+        self.ctrl_c()
+        rc = self.p.wait(30)
+        return rc, time.monotonic() - t0
 
     def text(self) -> tuple[str, str]:
         for f in (self.out, self.err):
@@ -120,16 +137,10 @@ def simulate_args(run_dir: Path, *extra: str) -> list[str]:
 def test_ctrl_c_stops_within_10s_and_resume_completes_the_run(tmp_path: Path) -> None:
     mark = uuid.uuid4().hex
     run_dir = tmp_path / "run"
-    run = Run(simulate_args(run_dir), tmp_path, mark)
-    try:
+    with Run(simulate_args(run_dir), tmp_path, mark) as run:
         wait_for_round(run_dir, 1, run)
         time.sleep(1.0)  # into round 2
-        t0 = time.monotonic()
-        run.ctrl_c()
-        rc = run.p.wait(30)
-        stopped_in = time.monotonic() - t0
-    finally:
-        run.kill()
+        rc, stopped_in = run.interrupt()
     out, err = run.text()
     assert rc == 130, (out, err)
     assert stopped_in < 10.0, f"took {stopped_in:.1f}s to stop"
@@ -167,17 +178,9 @@ def test_ctrl_c_stops_within_10s_and_resume_completes_the_run(tmp_path: Path) ->
 def test_a_second_ctrl_c_quits_at_once_without_a_traceback(tmp_path: Path) -> None:
     mark = uuid.uuid4().hex
     run_dir = tmp_path / "run"
-    run = Run(simulate_args(run_dir), tmp_path, mark)
-    try:
+    with Run(simulate_args(run_dir), tmp_path, mark) as run:
         wait_for_round(run_dir, 1, run)
-        run.ctrl_c()
-        time.sleep(0.3)
-        t0 = time.monotonic()
-        run.ctrl_c()
-        rc = run.p.wait(30)
-        quit_in = time.monotonic() - t0
-    finally:
-        run.kill()
+        rc, quit_in = run.interrupt(presses=2, between_s=0.3)
     out, err = run.text()
     assert rc == 130, (out, err)
     assert quit_in < 3.0, f"took {quit_in:.1f}s to quit"
