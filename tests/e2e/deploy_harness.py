@@ -207,7 +207,17 @@ def free_port() -> int:
     return fp()
 
 
-def client_cli(root: Path, port: int, i: int, suffix: str = "", *, seed: int | None = 11) -> Cli:
+def client_cli(
+    root: Path,
+    port: int,
+    i: int,
+    suffix: str = "",
+    *,
+    seed: int | None = 11,
+    num_partitions: int = 3,
+    connect_timeout_s: int = 90,
+    extra: tuple[str, ...] = (),
+) -> Cli:
     """``fedpriv client start`` for device ``i`` of ``fed/`` (``seed``: reproducible DP
     randomness, so a run can be compared with a simulation; tests only: every record says so and
     the report marks the run not private)."""
@@ -225,10 +235,11 @@ def client_cli(root: Path, port: int, i: int, suffix: str = "", *, seed: int | N
             "--partition-id",
             str(i),
             "--num-partitions",
-            "3",
+            str(num_partitions),
             "--connect-timeout",
-            "90",
+            str(connect_timeout_s),
             *([] if seed is None else ["--insecure-test-seed", str(seed)]),
+            *extra,
         ],
         root / f"client-{i}.out",
     )
@@ -257,10 +268,18 @@ def deploy_env(root: Path) -> tuple[dict[str, str], str]:
     return env, marker
 
 
-def server_cli(root: Path, port: int, suffix: str = "") -> Cli:
-    """``fedpriv server start`` from the ``fed/server`` bundle on loopback ``port``."""
+def server_cli(
+    root: Path,
+    port: int,
+    name: str = "server",
+    *,
+    state: str = "server-state",
+    log: str = "server.out",
+) -> Cli:
+    """``fedpriv server start`` from the ``fed/server`` bundle on loopback ``port`` (as
+    docs/deployment.md says, on loopback instead of 0.0.0.0)."""
     return Cli(
-        f"server{suffix}",
+        name,
         [
             "server",
             "start",
@@ -269,9 +288,9 @@ def server_cli(root: Path, port: int, suffix: str = "") -> Cli:
             "--address",
             f"127.0.0.1:{port}",
             "--state-dir",
-            "server-state",
+            state,
         ],
-        root / "server.out",
+        root / log,
     )
 
 
@@ -279,7 +298,7 @@ def start_server(
     root: Path, port: int, env: dict[str, str], count: int = 1, suffix: str = ""
 ) -> Cli:
     """Start the server; wait until its SuperLink is ready (the ``count``-th time in its log)."""
-    server = server_cli(root, port, suffix).start(env, root)
+    server = server_cli(root, port, f"server{suffix}").start(env, root)
     wait_for(
         lambda: server.text().count("SuperLink ready") >= count or not server.alive(),
         120,

@@ -35,11 +35,13 @@ import pytest
 
 from tests.e2e.deploy_harness import (
     Cli,
+    client_cli,
     experiment_toml,
     fedpriv,
     free_port,
     kill_leftovers,
     leftover_processes,
+    server_cli,
     wait_for,
 )
 
@@ -147,48 +149,6 @@ class Plane:
         return FlwrCli(tmp / "operator-flwr", address, self.ca, token=token)
 
 
-def _client(root: Path, port: int, i: int) -> Cli:
-    return Cli(
-        f"client-{i}",
-        [
-            "client",
-            "start",
-            "--superlink",
-            f"127.0.0.1:{port}",
-            "--bundle",
-            str(root / "fed" / "clients" / f"client-{i}"),
-            "--state-dir",
-            str(root / f"state-{i}"),
-            "--partition-id",
-            str(i),
-            "--num-partitions",
-            "2",
-            "--connect-timeout",
-            "120",
-            "--cold",
-        ],
-        root / f"client-{i}.out",
-    )
-
-
-def _server(root: Path, port: int, state: str = "server-state", name: str = "server") -> Cli:
-    # As docs/deployment.md says, on loopback instead of 0.0.0.0.
-    return Cli(
-        name,
-        [
-            "server",
-            "start",
-            "--bundle",
-            "fed/server",
-            "--address",
-            f"127.0.0.1:{port}",
-            "--state-dir",
-            state,
-        ],
-        root / f"{name}.out",
-    )
-
-
 def _wait_ready(server: Cli) -> float:
     wait_for(lambda: "SuperLink ready" in server.text() or not server.alive(), 180, "the server")
     assert server.alive(), server.text()[-3000:]
@@ -226,13 +186,18 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
         )
         assert r.returncode == 0, r.stderr[-3000:]
         port = free_port()
-        server = _server(root, port).start(env, root)
+        server = server_cli(root, port).start(env, root)
         procs.append(server)
         startup = _wait_ready(server)
         info = json.loads((root / "server-state" / "superlink.json").read_text())
         watched.update(_watch(info))
         print(f"fedpriv server start: ready in {startup:.1f}s")
-        clients = {i: _client(root, port, i).start(env, root) for i in range(2)}
+        clients = {
+            i: client_cli(
+                root, port, i, seed=None, num_partitions=2, connect_timeout_s=120, extra=("--cold",)
+            ).start(env, root)
+            for i in range(2)
+        }
         procs.extend(clients.values())
         for c in clients.values():
             wait_for(
@@ -652,7 +617,8 @@ def test_proxy_death_or_ctrl_c_stops_the_server(plane: Plane, tmp_path: Path) ->
     assert r.returncode == 2 and "cannot listen there" in r.stderr, r.stderr
     for sig, victim in ((signal.SIGKILL, "nginx"), (signal.SIGINT, None)):
         state = tmp_path / f"st-{victim}"
-        server = _server(plane.root, free_port(), str(state), f"server-{victim}")
+        name = f"server-{victim}"
+        server = server_cli(plane.root, free_port(), name, state=str(state), log=f"{name}.out")
         server.start(plane.test_env(), plane.root)
         plane.procs.append(server)
         _wait_ready(server)
