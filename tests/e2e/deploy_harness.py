@@ -324,14 +324,15 @@ def stop_all(procs: list[Cli], root: Path, marker: str) -> None:
     assert not left, f"processes left behind: {left}"
 
 
-def run_cli(root: Path, port: int, config: Path, run_dir: Path, timeout_s: int = 600) -> Cli:
-    """``fedpriv run`` of ``config`` against the SuperLink on ``port`` (output in ``run.out``)."""
+def run_cli(root: Path, superlink: str, config: Path, run_dir: Path, timeout_s: int = 600) -> Cli:
+    """``fedpriv run`` of ``config`` against the SuperLink at ``superlink`` (output in
+    ``run.out``)."""
     return Cli(
         "run",
         [
             "run",
             "--superlink",
-            f"127.0.0.1:{port}",
+            superlink,
             "--bundle",
             "fed/server",
             "--config",

@@ -114,7 +114,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         )
         fedn.node_ids["client-1"] = _node_ids(fedn.state(1))
         t_clients = time.monotonic() - t0
-        run = run_cli(root, port, cfg_path, fedn.run_dir).start(env, root)
+        run = run_cli(root, fedn.superlink, cfg_path, fedn.run_dir).start(env, root)
         procs.append(run)
         # The key relay finishes first (client-2 has no secret until then).
         wait_for(

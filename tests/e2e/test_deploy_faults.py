@@ -123,7 +123,7 @@ def test_killed_supernode_and_restarted_superlink(tmp_path: Path) -> None:
         clients = _start_clients(root, port, env, 1)
         procs.extend(clients.values())
         timings["clients_ready"] = time.monotonic() - t0
-        run = run_cli(root, port, cfg_path, run_dir).start(env, root)
+        run = run_cli(root, f"127.0.0.1:{port}", cfg_path, run_dir).start(env, root)
         procs.append(run)
 
         # 1. SIGKILL client-2 (its whole process group) while it works on round 1.

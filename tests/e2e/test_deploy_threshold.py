@@ -85,7 +85,7 @@ def threshold_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             wait_for(lambda c=c: "connected to" in c.text() or not c.alive(), 120, c.name)
             assert c.alive(), c.text()[-3000:]
         t0 = time.monotonic()
-        run = run_cli(root, port, cfg, root / "run", 900).start(env, root)
+        run = run_cli(root, f"127.0.0.1:{port}", cfg, root / "run", 900).start(env, root)
         procs.append(run)
         assert run.popen is not None
         rc = run.popen.wait(960)

@@ -41,6 +41,7 @@ from tests.e2e.deploy_harness import (
     free_port,
     kill_leftovers,
     leftover_processes,
+    run_cli,
     server_cli,
     wait_for,
 )
@@ -377,27 +378,9 @@ def test_operator_run_completes_while_a_stranger_attacks(plane: Plane, tmp_path:
     """
     s = Stranger(tmp_path / "stranger", plane.ca)
     run_dir = plane.root / "run"
-    run = Cli(
-        "run",
-        [
-            "run",
-            "--superlink",
-            plane.public,  # as docs/deployment.md says: the server's address
-            "--bundle",
-            "fed/server",
-            "--config",
-            str(plane.cfg_path),
-            "--out",
-            str(run_dir),
-            "--server-state",
-            "server-state",
-            "--node-wait",
-            "120",
-            "--timeout",
-            "480",
-        ],
-        plane.root / "run.out",
-    ).start(plane.test_env(), plane.root)
+    # as docs/deployment.md says: the server's address
+    run = run_cli(plane.root, plane.public, plane.cfg_path, run_dir, 480)
+    run.start(plane.test_env(), plane.root)
     plane.procs.append(run)
     statuses: list[tuple[str, str, int]] = []
     stop = threading.Event()
